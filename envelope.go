@@ -1,0 +1,67 @@
+package etcdstore
+
+import (
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// The value envelope: what Commit writes at a session's key.
+//
+//	offset  size  field
+//	0       3     magic "\x00ES"
+//	3       1     version, 1
+//	4       8     expiry, Unix nanoseconds, big-endian int64
+//	12      ...   the session data, as SCS's codec encoded it
+//
+// The store needs the expiry beside the data because etcd only bounds a
+// key's lifetime from below: a lease may be shared by sessions with
+// different expiries, the leader expires leases up to a loop interval
+// late, and a leader change gives every lease its full TTL again
+// (server/lease/lessor.go, Promote).
+//
+// The magic begins with a NUL byte, which neither of SCS's codecs (gob,
+// JSON) ever writes first, so a value without it is raw codec bytes
+// written by github.com/alexedwards/scs/etcdstore and is read as is.
+const (
+	envelopeMagic   = "\x00ES"
+	envelopeVersion = 1
+	envelopeHeader  = len(envelopeMagic) + 1 + 8
+)
+
+// encodeEnvelope returns the envelope for data that expires at expiry, as
+// a string because that is what clientv3.OpPut takes: building it with a
+// strings.Builder costs one allocation and no further copy.
+func encodeEnvelope(expiry time.Time, data []byte) string {
+	var hdr [envelopeHeader]byte
+	copy(hdr[:], envelopeMagic)
+	hdr[len(envelopeMagic)] = envelopeVersion
+	binary.BigEndian.PutUint64(hdr[len(envelopeMagic)+1:], uint64(expiry.UnixNano()))
+
+	var b strings.Builder
+	b.Grow(envelopeHeader + len(data))
+	b.Write(hdr[:])
+	b.Write(data)
+	return b.String()
+}
+
+// decodeEnvelope splits a stored value into its expiry and data. The data
+// aliases value; no copy is made.
+//
+// A value without the magic is a legacy value: it is returned whole with
+// hasExpiry false, and its key's lease alone bounds its life. A value with
+// the magic that is too short or of another version is an error.
+func decodeEnvelope(value []byte) (expiry time.Time, hasExpiry bool, data []byte, err error) {
+	if len(value) < len(envelopeMagic) || string(value[:len(envelopeMagic)]) != envelopeMagic {
+		return time.Time{}, false, value, nil
+	}
+	if len(value) < envelopeHeader {
+		return time.Time{}, false, nil, fmt.Errorf("envelope of %d bytes is shorter than its %d-byte header", len(value), envelopeHeader)
+	}
+	if v := value[len(envelopeMagic)]; v != envelopeVersion {
+		return time.Time{}, false, nil, fmt.Errorf("envelope version %d is not supported (this release reads version %d)", v, envelopeVersion)
+	}
+	ns := int64(binary.BigEndian.Uint64(value[len(envelopeMagic)+1:]))
+	return time.Unix(0, ns), true, value[envelopeHeader:], nil
+}

@@ -1,0 +1,165 @@
+// Package etcdtest starts embedded etcd servers for etcdstore's tests and
+// benchmarks: real etcd members on loopback ports, with their data in the
+// test's temporary directory, stopped when the test ends.
+package etcdtest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// startTimeout bounds how long a member may take to become ready.
+const startTimeout = 30 * time.Second
+
+// Server is one embedded etcd member.
+type Server struct {
+	tb   testing.TB
+	Cfg  *embed.Config
+	Etcd *embed.Etcd // nil while stopped
+}
+
+// Option changes a member's configuration before it starts.
+type Option func(*embed.Config)
+
+// WithFsync turns fsync back on, as in production; tests leave it off for
+// speed.
+func WithFsync() Option {
+	return func(c *embed.Config) { c.UnsafeNoFsync = false }
+}
+
+// Start starts a single-member etcd on free loopback ports, data in
+// tb.TempDir(), and stops it when the test ends.
+func Start(tb testing.TB, opts ...Option) *Server {
+	tb.Helper()
+	cfg := Config(tb, "default", tb.TempDir())
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	for _, opt := range opts {
+		opt(cfg)
+	}
+	s := &Server{tb: tb, Cfg: cfg}
+	s.Start()
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// Config returns the configuration of a member named name with its data
+// in dir, listening on free loopback ports, fsync off, logging nothing.
+// The caller sets InitialCluster.
+func Config(tb testing.TB, name, dir string) *embed.Config {
+	tb.Helper()
+	cfg := embed.NewConfig()
+	cfg.Name = name
+	cfg.Dir = dir
+	cfg.UnsafeNoFsync = true
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	client, peer := FreeURL(tb), FreeURL(tb)
+	cfg.ListenClientUrls = []url.URL{client}
+	cfg.AdvertiseClientUrls = []url.URL{client}
+	cfg.ListenPeerUrls = []url.URL{peer}
+	cfg.AdvertisePeerUrls = []url.URL{peer}
+	cfg.InitialClusterToken = name + "-" + strings.ReplaceAll(tb.Name(), "/", "-")
+	return cfg
+}
+
+// FreeURL returns an http URL on a loopback port that was free a moment
+// ago.
+func FreeURL(tb testing.TB) url.URL {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("etcdtest: find a free port: %v", err)
+	}
+	defer l.Close()
+	return url.URL{Scheme: "http", Host: l.Addr().String()}
+}
+
+// Start starts the member (again, after Stop, on the same data directory
+// and ports) and waits until it is ready to serve.
+func (s *Server) Start() {
+	s.tb.Helper()
+	e, err := StartEtcd(s.Cfg)
+	if err != nil {
+		s.tb.Fatalf("etcdtest: %v", err)
+	}
+	s.Etcd = e
+}
+
+// StartEtcd starts a member and waits until it is ready, or fails.
+func StartEtcd(cfg *embed.Config) (*embed.Etcd, error) {
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start etcd %s: %w", cfg.Name, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		return e, nil
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("etcd %s failed: %w", cfg.Name, err)
+	case <-time.After(startTimeout):
+		e.Close()
+		return nil, fmt.Errorf("etcd %s not ready after %v", cfg.Name, startTimeout)
+	}
+}
+
+// Stop stops the member; its data stays for a later Start.
+func (s *Server) Stop() {
+	if s.Etcd != nil {
+		s.Etcd.Close()
+		s.Etcd = nil
+	}
+}
+
+// Endpoints returns the member's client URLs.
+func (s *Server) Endpoints() []string {
+	return endpoints(s.Cfg)
+}
+
+func endpoints(cfg *embed.Config) []string {
+	var eps []string
+	for _, u := range cfg.AdvertiseClientUrls {
+		eps = append(eps, u.String())
+	}
+	return eps
+}
+
+// Client returns a client of the member, closed when the test ends.
+func (s *Server) Client(tb testing.TB) *clientv3.Client {
+	tb.Helper()
+	return NewClient(tb, clientv3.Config{Endpoints: s.Endpoints()})
+}
+
+// NewClient returns a client with cfg, a 5 s dial timeout unless cfg sets
+// one and no logging, closed when the test ends.
+func NewClient(tb testing.TB, cfg clientv3.Config) *clientv3.Client {
+	tb.Helper()
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	c, err := clientv3.New(cfg)
+	if err != nil {
+		tb.Fatalf("etcdtest: client for %v: %v", cfg.Endpoints, err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Context returns a context for one step of a test, canceled when the
+// test ends or after d.
+func Context(tb testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	tb.Cleanup(cancel)
+	return ctx
+}

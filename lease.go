@@ -1,0 +1,250 @@
+package etcdstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/bits"
+	"strconv"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/singleflight"
+)
+
+// Lease reuse.
+//
+// A lease grant is a raft write, as costly as the Put it serves, and every
+// live lease costs the etcd server memory and, at its end, revoke work
+// (see README.md, Performance). So sessions share leases: each session's
+// expiry falls in a bucket, a span of time of width w aligned to multiples
+// of w, and all sessions in a bucket ride one lease whose TTL reaches the
+// bucket's end. A key therefore outlives its session by less than w plus
+// one second of rounding (plus the leader's expiry lag); the value
+// envelope hides it from Find and All in the meantime.
+//
+// w is a fraction (1/20, Kubernetes' apiserver uses 5% too) of the
+// session's remaining lifetime, rounded down to a power of two seconds,
+// and at least 1 s and at most maxBucket (60 s by default, as in
+// Kubernetes' apiserver, pkg/storage/etcd3/lease_manager.go). Powers of two
+// keep the number of distinct bucket widths small, so sessions of slightly
+// different lifetimes still share. WithLeaseBucket fixes w instead.
+
+const (
+	// defaultMaxBucket caps the adaptive bucket width.
+	defaultMaxBucket = 60 * time.Second
+	// bucketFraction is the inverse of the share of a session's remaining
+	// lifetime that its bucket may span.
+	bucketFraction = 20
+	// defaultMaxKeysPerLease caps the keys attached to one lease, as
+	// Kubernetes does (kubernetes#96836): revoking a lease deletes all its
+	// keys in one backend transaction.
+	defaultMaxKeysPerLease = 1000
+	// shareAttempts bounds how often a commit waits on a shared grant
+	// whose lease other commits then fill before falling back to a grant
+	// of its own.
+	shareAttempts = 4
+)
+
+// bucket names the span of expiries that may share a lease: the
+// half-open interval (end-width, end], with end a multiple of width
+// since the Unix epoch.
+type bucket struct {
+	width time.Duration
+	end   int64 // Unix nanoseconds
+}
+
+// bucketFor returns the bucket of a session that expires at expiry, as
+// seen at now. fixed > 0 sets the width; otherwise it adapts to the
+// remaining lifetime, capped at maxWidth. The caller guarantees
+// expiry.After(now).
+func bucketFor(now, expiry time.Time, fixed, maxWidth time.Duration) bucket {
+	w := fixed
+	if w <= 0 {
+		w = adaptiveWidth(expiry.Sub(now), maxWidth)
+	}
+	e := expiry.UnixNano()
+	// Round e up to a multiple of w: an expiry exactly on a boundary
+	// belongs to the bucket that ends there.
+	end := e - e%int64(w)
+	if end < e {
+		end += int64(w)
+	}
+	return bucket{width: w, end: end}
+}
+
+// adaptiveWidth is the bucket width for a session with the given
+// remaining lifetime: remaining/bucketFraction rounded down to a power of
+// two seconds, at least 1 s, and maxWidth when it would reach maxWidth.
+func adaptiveWidth(remaining, maxWidth time.Duration) time.Duration {
+	w := remaining / bucketFraction
+	if w >= maxWidth {
+		return maxWidth
+	}
+	s := uint64(w / time.Second)
+	if s < 1 {
+		return time.Second
+	}
+	return time.Duration(1<<(bits.Len64(s)-1)) * time.Second
+}
+
+// ttlSeconds converts a duration to a lease TTL in whole seconds, rounding
+// up so that the lease never ends before the duration does.
+func ttlSeconds(d time.Duration) int64 {
+	s := int64(d / time.Second)
+	if d%time.Second > 0 {
+		s++
+	}
+	return s
+}
+
+// leaseEntry is a lease the store granted and may still attach keys to.
+type leaseEntry struct {
+	id   clientv3.LeaseID
+	keys int // keys attached so far; an upper bound on the keys it holds
+}
+
+// leaseTable maps buckets to their current lease. It does no I/O and is
+// not safe for concurrent use: leaseManager guards it.
+type leaseTable struct {
+	entries map[bucket]*leaseEntry
+}
+
+// take reuses the lease of bucket b when it has room for one more key
+// under maxKeys, counting the key, and reports whether it did.
+func (t *leaseTable) take(b bucket, maxKeys int) (clientv3.LeaseID, bool) {
+	e := t.entries[b]
+	if e == nil || e.keys >= maxKeys {
+		return 0, false
+	}
+	e.keys++
+	return e.id, true
+}
+
+// current returns the lease now serving bucket b, or 0 when there is none.
+func (t *leaseTable) current(b bucket) clientv3.LeaseID {
+	if e := t.entries[b]; e != nil {
+		return e.id
+	}
+	return 0
+}
+
+// add makes id, granted for bucket b with keys already attached, the
+// lease of b, replacing a full one. It first drops every bucket that
+// ended at or before now, since no session that expires after now falls
+// in it: this keeps the table to the buckets of live sessions without a
+// background goroutine, and costs nothing on the commits that reuse a
+// lease.
+func (t *leaseTable) add(now time.Time, b bucket, id clientv3.LeaseID, keys int) {
+	if t.entries == nil {
+		t.entries = make(map[bucket]*leaseEntry)
+	}
+	n := now.UnixNano()
+	for k := range t.entries {
+		if k.end <= n {
+			delete(t.entries, k)
+		}
+	}
+	t.entries[b] = &leaseEntry{id: id, keys: keys}
+}
+
+// forget drops lease id, which etcd no longer knows, so that no further
+// key is attached to it.
+func (t *leaseTable) forget(id clientv3.LeaseID) {
+	for k, e := range t.entries {
+		if e.id == id {
+			delete(t.entries, k)
+		}
+	}
+}
+
+// leaseManager hands out shared leases. It is safe for concurrent use by
+// multiple goroutines and holds no lock across an RPC.
+type leaseManager struct {
+	lease    clientv3.Lease
+	fixed    time.Duration // WithLeaseBucket, or 0
+	maxWidth time.Duration
+	maxKeys  int
+
+	grants singleflight.Group
+
+	mu    sync.Mutex // protects table
+	table leaseTable
+}
+
+// acquire returns a lease that outlives expiry and attaches one key to
+// it, granting a lease when the session's bucket has none with room.
+// Concurrent commits that need the same new lease share one Grant.
+func (m *leaseManager) acquire(ctx context.Context, now, expiry time.Time) (clientv3.LeaseID, error) {
+	b := bucketFor(now, expiry, m.fixed, m.maxWidth)
+	for range shareAttempts {
+		m.mu.Lock()
+		id, ok := m.table.take(b, m.maxKeys)
+		prev := m.table.current(b)
+		m.mu.Unlock()
+		if ok {
+			return id, nil
+		}
+		// Keyed by the full (or missing) lease it replaces, so commits
+		// that find the same lease full share one grant, and a commit
+		// that arrives after the replacement has filled up asks anew.
+		key := strconv.FormatInt(int64(b.width), 36) + ":" + strconv.FormatInt(b.end, 36) + ":" + strconv.FormatInt(int64(prev), 36)
+		ch := m.grants.DoChan(key, func() (any, error) {
+			id, err := m.grant(ctx, now, b)
+			if err != nil {
+				return nil, err
+			}
+			m.mu.Lock()
+			m.table.add(now, b, id, 0)
+			m.mu.Unlock()
+			return nil, nil
+		})
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("etcdstore: wait for lease grant: %w", ctx.Err())
+		case r := <-ch:
+			// A shared grant that failed because the commit that started
+			// it gave up says nothing about this one: try again.
+			if r.Err != nil && !(r.Shared && isContextErr(r.Err)) {
+				return 0, r.Err
+			}
+		}
+	}
+	// Others filled every shared lease first: grant one of our own and
+	// let later commits share its remaining room.
+	id, err := m.grant(ctx, now, b)
+	if err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	m.table.add(now, b, id, 1)
+	m.mu.Unlock()
+	return id, nil
+}
+
+// grant asks etcd for a lease that lasts at least until the end of b.
+// The TTL is counted from when the server grants, which is after now, so
+// the lease ends no earlier than b does.
+func (m *leaseManager) grant(ctx context.Context, now time.Time, b bucket) (clientv3.LeaseID, error) {
+	ttl := ttlSeconds(time.Unix(0, b.end).Sub(now))
+	resp, err := m.lease.Grant(ctx, ttl)
+	if err != nil {
+		return 0, fmt.Errorf("etcdstore: grant lease of %d s: %w", ttl, err)
+	}
+	return resp.ID, nil
+}
+
+// forget drops lease id after etcd reported it unknown (revoked
+// elsewhere, or the cluster restored from an older backup).
+func (m *leaseManager) forget(id clientv3.LeaseID) {
+	m.mu.Lock()
+	m.table.forget(id)
+	m.mu.Unlock()
+}
+
+// isContextErr reports whether err comes from a canceled or expired
+// context.
+func isContextErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
