@@ -160,21 +160,21 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) ([]byte, bool, er
 	if len(resp.Kvs) == 0 {
 		return nil, false, nil
 	}
-	data, live, err := s.open(resp.Kvs[0].Value)
+	data, live, err := open(resp.Kvs[0].Value, s.now())
 	if err != nil || !live {
 		return nil, false, err
 	}
 	return data, true, nil
 }
 
-// open decodes a stored value and reports whether it is live at s.now().
-// A legacy value (no envelope) is live for as long as etcd keeps it.
-func (s *EtcdStore) open(value []byte) (data []byte, live bool, err error) {
+// open decodes a stored value and reports whether it is live at now. A
+// legacy value (no envelope) is live for as long as etcd keeps it.
+func open(value []byte, now time.Time) (data []byte, live bool, err error) {
 	expiry, hasExpiry, data, err := decodeEnvelope(value)
 	if err != nil {
 		return nil, false, fmt.Errorf("etcdstore: corrupt session value: %w", err)
 	}
-	if hasExpiry && !s.now().Before(expiry) {
+	if hasExpiry && !now.Before(expiry) {
 		return nil, false, nil
 	}
 	return data, true, nil
@@ -291,6 +291,7 @@ func (s *EtcdStore) AllCtx(ctx context.Context) (map[string][]byte, error) {
 // scan reads the whole prefix range in pages at one revision.
 func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 	sessions := make(map[string][]byte)
+	now := s.now() // one instant for the whole snapshot
 	var rev int64 // 0 for the first page: the current revision
 	from := s.prefix
 	for {
@@ -305,7 +306,7 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			data, live, err := s.open(kv.Value)
+			data, live, err := open(kv.Value, now)
 			if err != nil {
 				return nil, fmt.Errorf("%w (key %q)", err, kv.Key)
 			}
