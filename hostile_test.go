@@ -1,0 +1,502 @@
+package etcdstore
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/etcdstore/etcdstore/internal/etcdtest"
+)
+
+// hostileMaxRequestBytes is the --max-request-bytes of the servers in
+// these tests: small, so that values over it are cheap to send.
+const hostileMaxRequestBytes = 64 << 10
+
+// hostileEnv is a store under attack: one etcd, a store on a prefix, a
+// store on a sibling prefix, canary keys just before, just after and
+// beside the prefix range, and what each store should hold. After every
+// hostile operation, check proves that nothing outside the store's
+// session was touched.
+type hostileEnv struct {
+	t        *testing.T
+	srv      *etcdtest.Server
+	c        *clientv3.Client
+	s        *EtcdStore
+	sibling  *EtcdStore
+	canaries []hostileCanary
+	want     map[string][]byte // sessions s must hold
+	sibWant  map[string][]byte // sessions sibling must hold
+}
+
+type hostileCanary struct {
+	key   string
+	value []byte
+	rev   int64 // ModRevision when written
+}
+
+// hostileExpiry is a deadline far enough ahead for any test.
+func hostileExpiry() time.Time { return time.Now().Add(time.Hour) }
+
+// newHostileEnv starts an etcd with a 64 KiB request limit, puts a store
+// under parent+"app:" and another under parent+"apq:" (the range end of
+// the first prefix, so the two ranges touch), each with one bystander
+// session, and writes canaries around the first prefix.
+func newHostileEnv(t *testing.T) *hostileEnv {
+	t.Helper()
+	srv := etcdtest.Start(t, func(cfg *embed.Config) { cfg.MaxRequestBytes = hostileMaxRequestBytes })
+	c := srv.Client(t)
+	const parent = "t/hostile/"
+	prefix, sibPrefix := parent+"app:", parent+"apq:"
+	if rangeEnd(prefix) != parent+"app;" {
+		t.Fatalf("rangeEnd(%q) = %q", prefix, rangeEnd(prefix))
+	}
+	e := &hostileEnv{
+		t:       t,
+		srv:     srv,
+		c:       c,
+		s:       NewWithPrefix(c, prefix),
+		sibling: NewWithPrefix(c, sibPrefix),
+		want:    map[string][]byte{"bystander": []byte("bystander data")},
+		sibWant: map[string][]byte{"bystander": []byte("sibling data")},
+	}
+	for tok, data := range e.want {
+		e.commit(e.s, tok, data)
+	}
+	for tok, data := range e.sibWant {
+		e.commit(e.sibling, tok, data)
+	}
+	// Each canary holds a live envelope, so that All would list it as a
+	// session if it ever read it.
+	for _, key := range []string{
+		parent + "app",              // the prefix without its separator
+		parent + "app9\xff\xff\xff", // just before the range
+		parent + "app\x00",          // before the range
+		rangeEnd(prefix),            // the range end itself
+		rangeEnd(prefix) + "\x00",   // just after it
+		parent + "other:bystander",  // a sibling prefix
+		"t/hostile0",                // after the parent
+		"scs:session:bystander",     // the default prefix
+		string(append([]byte(parent), 0xff)) + "app:bystander",
+	} {
+		value := encodeEnvelope(time.Now().Add(24*time.Hour), []byte("canary "+key))
+		resp, err := c.Put(etcdtest.Context(t, 10*time.Second), key, value)
+		if err != nil {
+			t.Fatalf("put canary %q: %v", key, err)
+		}
+		e.canaries = append(e.canaries, hostileCanary{key: key, value: []byte(value), rev: resp.Header.Revision})
+	}
+	e.check("setup")
+	return e
+}
+
+func (e *hostileEnv) commit(s *EtcdStore, token string, data []byte) {
+	e.t.Helper()
+	if err := s.Commit(token, data, hostileExpiry()); err != nil {
+		e.t.Fatalf("Commit(%.40q): %v", token, err)
+	}
+}
+
+// check fails the test unless every canary is unchanged, both stores
+// hold exactly the sessions they should, and All lists exactly those.
+func (e *hostileEnv) check(after string) {
+	e.t.Helper()
+	ops := make([]clientv3.Op, len(e.canaries))
+	for i, cn := range e.canaries {
+		ops[i] = clientv3.OpGet(cn.key)
+	}
+	resp, err := e.c.Txn(etcdtest.Context(e.t, 10*time.Second)).Then(ops...).Commit()
+	if err != nil {
+		e.t.Fatalf("after %s: read canaries: %v", after, err)
+	}
+	for i, cn := range e.canaries {
+		kvs := resp.Responses[i].GetResponseRange().Kvs
+		if len(kvs) != 1 || !bytes.Equal(kvs[0].Value, cn.value) || kvs[0].ModRevision != cn.rev {
+			e.t.Fatalf("after %s: canary %q was touched: %v", after, cn.key, kvs)
+		}
+	}
+	hostileCheckStore(e.t, after, "store", e.s, e.want)
+	hostileCheckStore(e.t, after, "sibling store", e.sibling, e.sibWant)
+}
+
+// hostileCheckStore fails the test unless s holds exactly want, by Find
+// and by All.
+func hostileCheckStore(t *testing.T, after, name string, s *EtcdStore, want map[string][]byte) {
+	t.Helper()
+	all, err := s.All()
+	if err != nil {
+		t.Fatalf("after %s: %s All: %v", after, name, err)
+	}
+	if all == nil {
+		t.Fatalf("after %s: %s All returned a nil map", after, name)
+	}
+	for tok, data := range all {
+		if w, ok := want[tok]; !ok || !bytes.Equal(data, w) {
+			t.Fatalf("after %s: %s All lists %.60q = %.60q; want %d sessions: %.200q", after, name, tok, data, len(want), hostileTokens(want))
+		}
+	}
+	if len(all) != len(want) {
+		t.Fatalf("after %s: %s All lists %.200q, want %.200q", after, name, hostileTokens(all), hostileTokens(want))
+	}
+	for tok, w := range want {
+		got, found, err := s.Find(tok)
+		if err != nil || !found || !bytes.Equal(got, w) {
+			t.Fatalf("after %s: %s Find(%.60q) = %.60q, %v, %v; want %.60q", after, name, tok, got, found, err, w)
+		}
+	}
+}
+
+func hostileTokens(m map[string][]byte) []string {
+	toks := make([]string, 0, len(m))
+	for tok := range m {
+		toks = append(toks, tok)
+	}
+	sort.Strings(toks)
+	return toks
+}
+
+// TestHostileTokens commits, finds, lists and deletes sessions whose
+// tokens hold bytes that could escape the prefix or confuse a key
+// scheme. Every token up to MaxTokenLen is just a name: it round-trips
+// exactly, as a key inside the prefix range. Empty and over-long tokens
+// are refused as SCS's Store contract says: an error from Commit, found
+// false from Find, nil from Delete. Nothing else in etcd changes.
+func TestHostileTokens(t *testing.T) {
+	t.Parallel()
+	e := newHostileEnv(t)
+	prefix := e.s.prefix
+	valid := []struct {
+		name, token string
+	}{
+		{"NUL inside", "a\x00b"},
+		{"NUL only", "\x00"},
+		{"NULs", "\x00\x00\x00"},
+		{"control bytes", "\x01\x02\x1b[2J\r\n\t\x7f"},
+		{"invalid UTF-8", "\xc3\x28\xa0\xa1\xe2\x28\xa1"},
+		{"UTF-16 surrogate", "\xed\xa0\x80"},
+		{"slash", "/"},
+		{"path traversal", "../apq:bystander"},
+		{"equals the prefix", prefix},
+		{"equals the range end", rangeEnd(prefix)},
+		{"equals a canary", "t/hostile/app"},
+		{"equals the sibling's token", "bystander2"},
+		{"0xff", "\xff"},
+		{"begins with 0xff", "\xff\xffz"},
+		{"MaxTokenLen of 0xff", strings.Repeat("\xff", MaxTokenLen)},
+		{"MaxTokenLen of NUL", strings.Repeat("\x00", MaxTokenLen)},
+		{"space", " "},
+		{"glob", "*"},
+		{"percent-encoded", "%00%2F"},
+		{"non-ASCII", "セッション"},
+		{"SCS token", "pV4Qv7QDWNcAyFx4m8sNGyA2tW3bXnRj0m5kjz6kL0Q"},
+	}
+	e.sibWant["bystander2"] = []byte("sibling data 2")
+	e.commit(e.sibling, "bystander2", e.sibWant["bystander2"])
+	for i, tt := range valid {
+		op := func(what string) string { return fmt.Sprintf("%s of %s token", what, tt.name) }
+		if _, found, err := e.s.Find(tt.token); found || err != nil {
+			t.Fatalf("#%d: Find of unknown %s token = %v, %v; want false, nil", i, tt.name, found, err)
+		}
+		data := []byte("data of " + tt.name)
+		e.commit(e.s, tt.token, data)
+		e.want[tt.token] = data
+		e.check(op("Commit"))
+
+		data = append(data, " (rewritten)"...)
+		e.commit(e.s, tt.token, data)
+		e.want[tt.token] = data
+		e.check(op("second Commit"))
+
+		raw, err := e.c.Get(etcdtest.Context(t, 10*time.Second), prefix+tt.token)
+		if err != nil || len(raw.Kvs) != 1 {
+			t.Fatalf("#%d: %s token is not at key prefix+token: %v, %v", i, tt.name, raw, err)
+		}
+
+		if err := e.s.Delete(tt.token); err != nil {
+			t.Fatalf("#%d: Delete of %s token: %v", i, tt.name, err)
+		}
+		delete(e.want, tt.token)
+		e.check(op("Delete"))
+		if _, found, err := e.s.Find(tt.token); found || err != nil {
+			t.Fatalf("#%d: Find of deleted %s token = %v, %v; want false, nil", i, tt.name, found, err)
+		}
+	}
+
+	invalid := []struct {
+		name, token string
+	}{
+		{"empty", ""},
+		{"MaxTokenLen+1", strings.Repeat("a", MaxTokenLen+1)},
+		{"1 MiB", strings.Repeat("\xff", 1<<20)},
+		{"1 MiB beginning with the bystander's", "bystander" + strings.Repeat("\x00", 1<<20)},
+	}
+	for i, tt := range invalid {
+		err := e.s.Commit(tt.token, []byte("data"), hostileExpiry())
+		if err == nil || !strings.HasPrefix(err.Error(), "etcdstore: ") {
+			t.Fatalf("#%d: Commit of %s token = %v, want an etcdstore: error", i, tt.name, err)
+		}
+		if len(err.Error()) > 200 {
+			t.Errorf("#%d: Commit of %s token: error of %d bytes quotes the token", i, tt.name, len(err.Error()))
+		}
+		e.check(fmt.Sprintf("Commit of %s token", tt.name))
+		if b, found, err := e.s.Find(tt.token); found || err != nil || b != nil {
+			t.Fatalf("#%d: Find of %s token = %q, %v, %v; want nil, false, nil", i, tt.name, b, found, err)
+		}
+		if err := e.s.Delete(tt.token); err != nil {
+			t.Fatalf("#%d: Delete of %s token = %v, want nil", i, tt.name, err)
+		}
+		e.check(fmt.Sprintf("Delete of %s token", tt.name))
+	}
+
+	// The store still works.
+	e.commit(e.s, "after", []byte("after data"))
+	e.want["after"] = []byte("after data")
+	e.check("the hostile tokens")
+}
+
+// TestHostileValues commits session data that is empty, nil, looks like
+// the store's own envelope, or sits at and over etcd's request limits.
+// Data within the limits round-trips byte for byte; data over them gives
+// an error wrapping ErrValueTooLarge that names --max-request-bytes and
+// the request's size, and leaves the session's earlier data in place.
+func TestHostileValues(t *testing.T) {
+	t.Parallel()
+	e := newHostileEnv(t)
+
+	all := make([]byte, 256)
+	for i := range all {
+		all[i] = byte(i)
+	}
+	nearLimit := bytes.Repeat([]byte("0123456789abcdef"), (hostileMaxRequestBytes-1024)/16)
+	fit := []struct {
+		name string
+		data []byte
+	}{
+		{"nil", nil},
+		{"empty", []byte{}},
+		{"expired envelope", []byte(encodeEnvelope(time.Unix(0, 1), []byte("inner")))},
+		{"envelope of a later version", []byte("\x00ES\x02\x00\x00\x00\x00\x00\x00\x00\x01inner")},
+		{"truncated envelope", []byte("\x00ES\x01\x00")},
+		{"magic only", []byte("\x00ES")},
+		{"NUL", []byte{0}},
+		{"every byte value", all},
+		{"1 KiB under --max-request-bytes", nearLimit},
+	}
+	for i, tt := range fit {
+		e.commit(e.s, "tok", tt.data)
+		got, found, err := e.s.Find("tok")
+		if err != nil || !found || !bytes.Equal(got, tt.data) {
+			t.Fatalf("#%d: %s data: Find = %.40q, %v, %v; want %.40q", i, tt.name, got, found, err, tt.data)
+		}
+		e.want["tok"] = tt.data
+		e.check(tt.name + " data")
+	}
+
+	// A client whose own send limit is below the server's.
+	const clientLimit = 16 << 10
+	small := etcdtest.NewClient(t, clientv3.Config{Endpoints: e.srv.Endpoints(), MaxCallSendMsgSize: clientLimit})
+	smallStore := NewWithPrefix(small, e.s.prefix)
+
+	e.want["tok"] = []byte("kept")
+	e.commit(e.s, "tok", e.want["tok"])
+	tooLarge := []struct {
+		name   string
+		s      *EtcdStore
+		size   int
+		server bool // refused by etcd's --max-request-bytes check
+	}{
+		{"of --max-request-bytes", e.s, hostileMaxRequestBytes, true},
+		{"1 byte over --max-request-bytes", e.s, hostileMaxRequestBytes + 1, true},
+		{"over the server's gRPC receive limit", e.s, hostileMaxRequestBytes + 512<<10 + 1, false},
+		{"over the client's send limit", smallStore, clientLimit + 1, false},
+	}
+	for i, tt := range tooLarge {
+		data := bytes.Repeat([]byte{0xff}, tt.size)
+		err := tt.s.Commit("tok", data, hostileExpiry())
+		if !errors.Is(err, ErrValueTooLarge) || !strings.HasPrefix(err.Error(), "etcdstore: ") {
+			t.Fatalf("#%d: %s: Commit = %v, want an etcdstore: error wrapping ErrValueTooLarge", i, tt.name, err)
+		}
+		if tt.server && !errors.Is(err, rpctypes.ErrRequestTooLarge) {
+			t.Errorf("#%d: %s: Commit = %v, want it to wrap rpctypes.ErrRequestTooLarge", i, tt.name, err)
+		}
+		if !tt.server && status.Code(err) != codes.ResourceExhausted {
+			t.Errorf("#%d: %s: Commit = %v, want it to wrap a ResourceExhausted status", i, tt.name, err)
+		}
+		size := len(e.s.prefix) + len("tok") + envelopeHeader + tt.size
+		for _, want := range []string{"--max-request-bytes", fmt.Sprint(size)} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("#%d: %s: error %q does not say %q", i, tt.name, err, want)
+			}
+		}
+		e.check(tt.name)
+	}
+
+	// Both stores still work.
+	e.commit(smallStore, "small", []byte("fits"))
+	e.want["small"] = []byte("fits")
+	e.commit(e.s, "tok", nearLimit)
+	e.want["tok"] = nearLimit
+	e.check("the too-large values")
+}
+
+// TestHostileExpiry commits sessions whose expiry is the zero time, long
+// past, or after the latest the envelope can hold. An expiry in the past
+// deletes the session; a later one than the store can keep is refused
+// and leaves the session as it was.
+func TestHostileExpiry(t *testing.T) {
+	t.Parallel()
+	e := newHostileEnv(t)
+
+	for i, expiry := range []time.Time{
+		{},
+		time.Unix(-1<<62, 0),
+		time.Now().Add(-time.Nanosecond),
+	} {
+		e.want["tok"] = []byte("data")
+		e.commit(e.s, "tok", e.want["tok"])
+		e.check("Commit")
+		if err := e.s.Commit("tok", []byte("past"), expiry); err != nil {
+			t.Fatalf("#%d: Commit with expiry %v: %v", i, expiry, err)
+		}
+		delete(e.want, "tok")
+		e.check(fmt.Sprintf("Commit with expiry %v", expiry))
+	}
+
+	e.want["tok"] = []byte("data")
+	e.commit(e.s, "tok", e.want["tok"])
+	for i, expiry := range []time.Time{
+		latestExpiry.Add(time.Nanosecond),
+		time.Unix(1<<62, 0),
+	} {
+		err := e.s.Commit("tok", []byte("late"), expiry)
+		if err == nil || !strings.HasPrefix(err.Error(), "etcdstore: ") {
+			t.Fatalf("#%d: Commit with expiry %v = %v, want an etcdstore: error", i, expiry, err)
+		}
+		e.check(fmt.Sprintf("Commit with expiry %v", expiry))
+	}
+
+	// The store still works.
+	e.commit(e.s, "after", []byte("after data"))
+	e.want["after"] = []byte("after data")
+	e.check("the hostile expiries")
+}
+
+// TestExpiryNearLatestKeepsLease commits sessions whose expiry is at or
+// near the latest the store accepts. Each must be kept, on a lease that
+// lasts at least until its expiry: a shorter lease lets etcd delete the
+// session long before it expires.
+func TestExpiryNearLatestKeepsLease(t *testing.T) {
+	t.Parallel()
+	e := newHostileEnv(t)
+	ctx := etcdtest.Context(t, 30*time.Second)
+	for i, expiry := range []time.Time{
+		latestExpiry,
+		latestExpiry.Add(-time.Second),
+		latestExpiry.Add(-90 * time.Second),
+		time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC),
+	} {
+		tok := fmt.Sprintf("far%d", i)
+		data := []byte(expiry.String())
+		if err := e.s.Commit(tok, data, expiry); err != nil {
+			t.Fatalf("#%d: Commit with expiry %v: %v", i, expiry, err)
+		}
+		e.want[tok] = data
+		e.check(fmt.Sprintf("Commit with expiry %v", expiry))
+
+		raw, err := e.c.Get(ctx, e.s.prefix+tok)
+		if err != nil || len(raw.Kvs) != 1 {
+			t.Fatalf("#%d: get the key: %v, %v", i, raw, err)
+		}
+		ttl, err := e.c.TimeToLive(ctx, clientv3.LeaseID(raw.Kvs[0].Lease))
+		if err != nil {
+			t.Fatalf("#%d: TimeToLive: %v", i, err)
+		}
+		if need := int64(time.Until(expiry) / time.Second); ttl.GrantedTTL < need {
+			t.Errorf("#%d: session that expires at %v is on a lease granted for %d s, want at least %d s", i, expiry.UTC(), ttl.GrantedTTL, need)
+		}
+	}
+}
+
+// TestHostilePrefixes runs stores on prefixes at the edges of the byte
+// range, side by side on one etcd: prefixes of 0xff bytes (whose range
+// has no end), prefixes ending in 0xff (whose range end is shorter than
+// the prefix), NUL, and prefixes whose ranges touch. Each store lists
+// and finds exactly its own sessions, and deletes them.
+func TestHostilePrefixes(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	c := srv.Client(t)
+	prefixes := []string{
+		"\x00", "\x01", // [\x00, \x01) and [\x01, \x02) touch
+		"a\xff", "b", // [a\xff, b) and [b, c) touch
+		"p:", "p;",
+		"\xfe\xff", // [\xfe\xff, \xff)
+		"\xff\xff", // [\xff\xff, end of keyspace)
+		"\xff\xfe\xff",
+	}
+	tokens := []string{"tok", "\x00", "\xff", "\xff\xff\xff", "p;"}
+	stores := make([]*EtcdStore, len(prefixes))
+	for i, p := range prefixes {
+		stores[i] = NewWithPrefix(c, p)
+		for _, tok := range tokens {
+			if err := stores[i].Commit(tok, []byte(p+"|"+tok), hostileExpiry()); err != nil {
+				t.Fatalf("prefix %q: Commit(%q): %v", p, tok, err)
+			}
+		}
+	}
+	for i, p := range prefixes {
+		want := make(map[string][]byte)
+		for _, tok := range tokens {
+			want[tok] = []byte(p + "|" + tok)
+		}
+		hostileCheckStore(t, "the commits", fmt.Sprintf("store on %q", p), stores[i], want)
+	}
+	for i, p := range prefixes {
+		for _, tok := range tokens {
+			if err := stores[i].Delete(tok); err != nil {
+				t.Fatalf("prefix %q: Delete(%q): %v", p, tok, err)
+			}
+		}
+		hostileCheckStore(t, "the deletes", fmt.Sprintf("store on %q", p), stores[i], map[string][]byte{})
+		for _, q := range stores[i+1:] {
+			if all, err := q.All(); err != nil || len(all) != len(tokens) {
+				t.Fatalf("deleting the sessions under %q left %d sessions under %q, %v; want %d", p, len(all), q.prefix, err, len(tokens))
+			}
+		}
+	}
+}
+
+// TestConstructorPanics: a nil client or an empty prefix is a
+// programming error, reported by a panic that names the package.
+func TestConstructorPanics(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		f    func()
+	}{
+		{"New(nil)", func() { New(nil) }},
+		{`NewWithPrefix(nil, "p:")`, func() { NewWithPrefix(nil, "p:") }},
+		{`NewWithPrefix(client, "")`, func() { NewWithPrefix(new(clientv3.Client), "") }},
+		{`NewWithPrefix(nil, "")`, func() { NewWithPrefix(nil, "") }},
+	}
+	for _, tt := range tests {
+		func() {
+			defer func() {
+				r := recover()
+				if msg := fmt.Sprint(r); r == nil || !strings.HasPrefix(msg, "etcdstore: ") {
+					t.Errorf("%s panicked with %v, want a panic starting \"etcdstore: \"", tt.name, r)
+				}
+			}()
+			tt.f()
+		}()
+	}
+}
