@@ -1,0 +1,249 @@
+// Command example is a small web app whose sessions SCS keeps in etcd
+// through etcdstore. It counts a visitor's page views, lets them log in
+// and out under a name, and lists the live sessions.
+//
+// With no -endpoints it starts a single-member etcd inside the process,
+// its data in -data, so sessions survive a restart of the app:
+//
+//	cd example
+//	go run .
+//	curl -c jar -b jar http://127.0.0.1:4000/
+//
+// With -endpoints it is a client of an etcd cluster instead. Several
+// copies on one cluster and prefix, each with its own -addr, share their
+// sessions: a visitor can land on any of them.
+//
+//	go run . -endpoints http://127.0.0.1:2379 -addr 127.0.0.1:4001
+//
+// Routes:
+//
+//	GET  /          count a visit, show the session
+//	POST /login     log in as the form value "name", under a new token
+//	POST /logout    destroy the session
+//	GET  /sessions  list the live sessions (names and visits, never tokens)
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/etcdstore/etcdstore"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// etcdTimeout bounds how long the app waits for etcd at startup.
+const etcdTimeout = 30 * time.Second
+
+// config is the app's configuration, from its flags.
+type config struct {
+	addr      string        // HTTP listen address
+	endpoints []string      // etcd client URLs; none starts an embedded etcd
+	dataDir   string        // the embedded etcd's data directory
+	prefix    string        // etcd key prefix of the sessions
+	idle      time.Duration // scs.SessionManager.IdleTimeout
+	lifetime  time.Duration // scs.SessionManager.Lifetime
+}
+
+// parseFlags reads the configuration from the command-line arguments.
+func parseFlags(args []string, output io.Writer) (config, error) {
+	var cfg config
+	var endpoints string
+	fs := flag.NewFlagSet("example", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:4000", "HTTP listen `address`")
+	fs.StringVar(&endpoints, "endpoints", "", "comma-separated etcd client `URLs`; empty starts an embedded single-member etcd")
+	fs.StringVar(&cfg.dataDir, "data", "etcd-data", "data `directory` of the embedded etcd")
+	fs.StringVar(&cfg.prefix, "prefix", etcdstore.DefaultPrefix, "etcd key `prefix` of the sessions")
+	fs.DurationVar(&cfg.idle, "idle", 20*time.Minute, "a session expires after this long without a request; 0 for never")
+	fs.DurationVar(&cfg.lifetime, "lifetime", 24*time.Hour, "a session expires this long after it began, however active")
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	for _, ep := range strings.Split(endpoints, ",") {
+		if ep = strings.TrimSpace(ep); ep != "" {
+			cfg.endpoints = append(cfg.endpoints, ep)
+		}
+	}
+	if cfg.prefix == "" {
+		return config{}, errors.New("-prefix must not be empty")
+	}
+	if cfg.lifetime <= 0 {
+		return config{}, errors.New("-lifetime must be positive")
+	}
+	if cfg.idle < 0 {
+		return config{}, errors.New("-idle must not be negative")
+	}
+	return cfg, nil
+}
+
+func main() {
+	log.SetFlags(0)
+	cfg, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		log.Print(err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err = run(ctx, cfg)
+	stop()
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+// run serves the app on cfg.addr until ctx is done.
+func run(ctx context.Context, cfg config) error {
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		return err
+	}
+	log.Printf("listening on http://%s", ln.Addr())
+	return serve(ctx, cfg, ln)
+}
+
+// serve serves the app on ln until ctx is done, then finishes the
+// requests in flight and closes ln, the etcd client and the embedded etcd.
+func serve(ctx context.Context, cfg config, ln net.Listener) error {
+	conn, err := connect(ctx, cfg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer conn.close()
+
+	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix)
+	a := &app{sessions: newSessionManager(store, cfg.idle, cfg.lifetime)}
+	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	var failed error
+	select {
+	case err := <-served:
+		return err
+	case failed = <-conn.failed():
+		failed = fmt.Errorf("embedded etcd: %w", failed)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return errors.Join(failed, fmt.Errorf("shut down: %w", err))
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		return errors.Join(failed, err)
+	}
+	return failed
+}
+
+// etcdConn is the app's link to etcd.
+type etcdConn struct {
+	client *clientv3.Client
+	member *embed.Etcd // the embedded member, or nil
+}
+
+// failed returns a channel that receives the embedded member's fatal
+// error, or nil (which never receives) for a remote cluster.
+func (c *etcdConn) failed() <-chan error {
+	if c.member == nil {
+		return nil
+	}
+	return c.member.Err()
+}
+
+// close closes the client, then stops the embedded member.
+func (c *etcdConn) close() {
+	c.client.Close()
+	if c.member != nil {
+		c.member.Close()
+	}
+}
+
+// connect returns a client of the etcd cluster at cfg.endpoints, or of a
+// single-member etcd it starts in cfg.dataDir when there are none, once
+// the cluster answers a read.
+func connect(ctx context.Context, cfg config) (*etcdConn, error) {
+	conn := &etcdConn{}
+	endpoints := cfg.endpoints
+	if len(endpoints) == 0 {
+		member, err := startEtcd(cfg.dataDir)
+		if err != nil {
+			return nil, err
+		}
+		conn.member = member
+		endpoints = []string{"http://" + member.Clients[0].Addr().String()}
+	}
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		if conn.member != nil {
+			conn.member.Close()
+		}
+		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
+	}
+	conn.client = client
+	// The read etcdctl's "endpoint health" makes: it needs a quorum, so
+	// a cluster that answers it can serve the store.
+	readyCtx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	defer cancel()
+	if _, err := client.Get(readyCtx, "health"); err != nil {
+		conn.close()
+		return nil, fmt.Errorf("etcd at %v: %w", endpoints, err)
+	}
+	return conn, nil
+}
+
+// startEtcd starts a single-member etcd with its data in dir, on loopback
+// ports the system picks, and waits until it serves. Its data is synced
+// to disk as in production, so sessions outlive the process.
+func startEtcd(dir string) (*embed.Etcd, error) {
+	cfg := embed.NewConfig()
+	cfg.Dir = dir
+	// Quiet: etcd logs its listeners' closing as errors. A fatal error
+	// still reaches the app through e.Err().
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	// Port 0: the member serves clients on the listener's address
+	// (e.Clients[0].Addr()); with one member no peer ever dials it.
+	local := []url.URL{{Scheme: "http", Host: "127.0.0.1:0"}}
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = local, local
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = local, local
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start etcd in %s: %w", dir, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		return e, nil
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("etcd in %s: %w", dir, err)
+	case <-time.After(etcdTimeout):
+		e.Close()
+		return nil, fmt.Errorf("etcd in %s not ready after %v", dir, etcdTimeout)
+	}
+}
