@@ -50,6 +50,10 @@ type EtcdStore struct {
 	pageSize int64
 	leases   *leaseManager
 	now      func() time.Time // time.Now; overridden in tests
+
+	// afterPage, if set, runs after All reads each page but the last; tests
+	// use it to change the keyspace in the middle of a scan.
+	afterPage func()
 }
 
 // Option configures an EtcdStore. Options are applied in order by New and
@@ -153,6 +157,9 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) ([]byte, bool, er
 	if !validToken(token) {
 		return nil, false, nil
 	}
+	if err := s.clientErr(); err != nil {
+		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
+	}
 	resp, err := s.client.Get(ctx, keyFor(s.prefix, token))
 	if err != nil {
 		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
@@ -206,6 +213,9 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 		return fmt.Errorf("etcdstore: commit: expiry %s is after the latest the store can keep, %s", expiry.UTC().Format(time.RFC3339), latestExpiry.UTC().Format(time.RFC3339))
 	}
 
+	if err := s.clientErr(); err != nil {
+		return fmt.Errorf("etcdstore: commit: %w", err)
+	}
 	key := keyFor(s.prefix, token)
 	value := encodeEnvelope(expiry, b)
 	// One retry: a lease etcd no longer knows is forgotten, and the second
@@ -232,6 +242,18 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 	}
 }
 
+// clientErr returns an error once the client is closed. Without it, each
+// call on a closed client spends seconds in the client's retries before
+// it fails.
+func (s *EtcdStore) clientErr() error {
+	if s.client.Ctx().Err() != nil {
+		return errClientClosed
+	}
+	return nil
+}
+
+var errClientClosed = errors.New("etcd client is closed")
+
 // tooLarge reports whether err is etcd refusing a request for its size,
 // on the server (rpctypes.ErrRequestTooLarge) or in the client's gRPC send
 // limit (codes.ResourceExhausted).
@@ -256,6 +278,9 @@ func (s *EtcdStore) DeleteCtx(ctx context.Context, token string) error {
 }
 
 func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
+	if err := s.clientErr(); err != nil {
+		return fmt.Errorf("etcdstore: %s: %w", op, err)
+	}
 	if _, err := s.client.Delete(ctx, keyFor(s.prefix, token)); err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
@@ -290,9 +315,12 @@ func (s *EtcdStore) AllCtx(ctx context.Context) (map[string][]byte, error) {
 
 // scan reads the whole prefix range in pages at one revision.
 func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
+	if err := s.clientErr(); err != nil {
+		return nil, fmt.Errorf("etcdstore: all: %w", err)
+	}
 	sessions := make(map[string][]byte)
 	now := s.now() // one instant for the whole snapshot
-	var rev int64 // 0 for the first page: the current revision
+	var rev int64  // 0 for the first page: the current revision
 	from := s.prefix
 	for {
 		resp, err := s.client.Get(ctx, from,
@@ -318,5 +346,8 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 			return sessions, nil
 		}
 		from = nextKey(resp.Kvs[len(resp.Kvs)-1].Key)
+		if s.afterPage != nil {
+			s.afterPage()
+		}
 	}
 }

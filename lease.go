@@ -175,7 +175,8 @@ type leaseManager struct {
 
 // acquire returns a lease that outlives expiry and attaches one key to
 // it, granting a lease when the session's bucket has none with room.
-// Concurrent commits that need the same new lease share one Grant.
+// Concurrent commits that need the same new lease share one Grant. Its
+// errors have no package prefix: the caller adds it.
 func (m *leaseManager) acquire(ctx context.Context, now, expiry time.Time) (clientv3.LeaseID, error) {
 	b := bucketFor(now, expiry, m.fixed, m.maxWidth)
 	for range shareAttempts {
@@ -202,7 +203,7 @@ func (m *leaseManager) acquire(ctx context.Context, now, expiry time.Time) (clie
 		})
 		select {
 		case <-ctx.Done():
-			return 0, fmt.Errorf("etcdstore: wait for lease grant: %w", ctx.Err())
+			return 0, fmt.Errorf("wait for lease grant: %w", ctx.Err())
 		case r := <-ch:
 			// A shared grant that failed because the commit that started
 			// it gave up says nothing about this one: try again.
@@ -230,7 +231,7 @@ func (m *leaseManager) grant(ctx context.Context, now time.Time, b bucket) (clie
 	ttl := ttlSeconds(time.Unix(0, b.end).Sub(now))
 	resp, err := m.lease.Grant(ctx, ttl)
 	if err != nil {
-		return 0, fmt.Errorf("etcdstore: grant lease of %d s: %w", ttl, err)
+		return 0, fmt.Errorf("grant lease of %d s: %w", ttl, err)
 	}
 	return resp.ID, nil
 }

@@ -1,0 +1,180 @@
+package etcdstore
+
+import (
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+var t0 = time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+
+func TestAdaptiveWidth(t *testing.T) {
+	tests := []struct {
+		remaining time.Duration
+		want      time.Duration
+	}{
+		{0, time.Second},
+		{500 * time.Millisecond, time.Second},
+		{19 * time.Second, time.Second},
+		{40 * time.Second, 2 * time.Second},
+		{59 * time.Second, 2 * time.Second},
+		{80 * time.Second, 4 * time.Second},
+		{10 * time.Minute, 16 * time.Second},   // 30 s rounds down to 16 s
+		{20 * time.Minute, 60 * time.Second},   // 60 s reaches the cap
+		{19 * time.Minute, 32 * time.Second},   // 57 s rounds down to 32 s
+		{24 * time.Hour, 60 * time.Second},     // capped
+		{1 << 62, 60 * time.Second},            // no overflow
+		{20*time.Minute - 1, 32 * time.Second}, // just under the cap
+	}
+	for i, tt := range tests {
+		if got := adaptiveWidth(tt.remaining, defaultMaxBucket); got != tt.want {
+			t.Errorf("#%d: adaptiveWidth(%v) = %v, want %v", i, tt.remaining, got, tt.want)
+		}
+	}
+}
+
+func TestBucketFor(t *testing.T) {
+	tests := []struct {
+		name   string
+		now    time.Time
+		expiry time.Time
+		fixed  time.Duration
+		want   bucket
+	}{
+		{"24h session, 60 s buckets", t0, t0.Add(24*time.Hour + 10*time.Second), 0,
+			bucket{time.Minute, t0.Add(24*time.Hour + time.Minute).UnixNano()}},
+		{"expiry on a boundary ends its bucket", t0, t0.Add(24 * time.Hour), 0,
+			bucket{time.Minute, t0.Add(24 * time.Hour).UnixNano()}},
+		{"one nanosecond past a boundary starts the next", t0, t0.Add(24*time.Hour + 1), 0,
+			bucket{time.Minute, t0.Add(24*time.Hour + time.Minute).UnixNano()}},
+		{"sub-second session, 1 s bucket", t0, t0.Add(300 * time.Millisecond), 0,
+			bucket{time.Second, t0.Add(time.Second).UnixNano()}},
+		{"fixed width", t0, t0.Add(24*time.Hour + time.Second), 10 * time.Minute,
+			bucket{10 * time.Minute, t0.Add(24*time.Hour + 10*time.Minute).UnixNano()}},
+	}
+	for _, tt := range tests {
+		got := bucketFor(tt.now, tt.expiry, tt.fixed, defaultMaxBucket)
+		if got != tt.want {
+			t.Errorf("%s: bucketFor = {%v %v}, want {%v %v}", tt.name,
+				got.width, time.Unix(0, got.end).UTC(), tt.want.width, time.Unix(0, tt.want.end).UTC())
+		}
+	}
+}
+
+// TestBucketBounds checks the two promises of a bucket for many expiries:
+// the lease granted for it outlives the session, and by less than one
+// bucket width plus one second of TTL rounding.
+func TestBucketBounds(t *testing.T) {
+	for i := range 2000 {
+		// Spread remaining lifetimes from 1 ms to about 70 days.
+		remaining := time.Millisecond + time.Duration(i)*time.Duration(i)*time.Duration(i%97+1)*time.Millisecond*7
+		now := t0.Add(time.Duration(i) * 7919 * time.Microsecond)
+		expiry := now.Add(remaining)
+		b := bucketFor(now, expiry, 0, defaultMaxBucket)
+		leaseEnd := now.Add(time.Duration(ttlSeconds(time.Unix(0, b.end).Sub(now))) * time.Second)
+		if leaseEnd.Before(expiry) {
+			t.Fatalf("#%d: lease ends %v, before the session's expiry %v", i, leaseEnd, expiry)
+		}
+		if over := leaseEnd.Sub(expiry); over >= b.width+time.Second {
+			t.Fatalf("#%d: lease outlives the session by %v, bucket width %v", i, over, b.width)
+		}
+	}
+}
+
+func TestTTLSeconds(t *testing.T) {
+	tests := []struct {
+		d    time.Duration
+		want int64
+	}{
+		{0, 0},
+		{1, 1},
+		{900 * time.Millisecond, 1}, // never truncated to 0
+		{time.Second, 1},
+		{time.Second + 1, 2},
+		{24 * time.Hour, 86400},
+	}
+	for i, tt := range tests {
+		if got := ttlSeconds(tt.d); got != tt.want {
+			t.Errorf("#%d: ttlSeconds(%v) = %d, want %d", i, tt.d, got, tt.want)
+		}
+	}
+}
+
+// TestLeaseTableReuse is the reuse decision, step by step, on a table
+// with no I/O: equal-lifetime sessions share their bucket's lease until
+// it is full, a new bucket gets its own lease, and buckets that have
+// ended leave the table when a lease is added.
+func TestLeaseTableReuse(t *testing.T) {
+	const maxKeys = 3
+	var tab leaseTable
+	now := t0
+	b1 := bucketFor(now, now.Add(24*time.Hour), 0, defaultMaxBucket)
+
+	if _, ok := tab.take(b1, maxKeys); ok {
+		t.Fatal("empty table: take reused a lease")
+	}
+	tab.add(now, b1, 1, 0)
+	for i := range maxKeys {
+		id, ok := tab.take(b1, maxKeys)
+		if !ok || id != 1 {
+			t.Fatalf("key %d: take = %d, %v; want lease 1", i, id, ok)
+		}
+	}
+	if id, ok := tab.take(b1, maxKeys); ok {
+		t.Fatalf("full lease: take = %d, want a new grant", id)
+	}
+	if got := tab.current(b1); got != 1 {
+		t.Fatalf("current = %d, want the full lease 1 (it keys the next grant)", got)
+	}
+
+	// A session committed 10 s later still falls in the same 60 s
+	// bucket; after the replacement grant it shares lease 2.
+	later := now.Add(10 * time.Second)
+	b := bucketFor(later, later.Add(24*time.Hour-10*time.Second), 0, defaultMaxBucket)
+	if b != b1 {
+		t.Fatalf("bucket moved: %v, want %v", b, b1)
+	}
+	tab.add(later, b1, 2, 0)
+	if id, _ := tab.take(b1, maxKeys); id != 2 {
+		t.Fatalf("after replacement: take = %d, want 2", id)
+	}
+
+	// A minute on, the next bucket needs its own lease.
+	next := now.Add(time.Minute)
+	b2 := bucketFor(next, next.Add(24*time.Hour), 0, defaultMaxBucket)
+	if b2 == b1 {
+		t.Fatal("a minute later, same bucket")
+	}
+	if _, ok := tab.take(b2, maxKeys); ok {
+		t.Fatal("new bucket reused another bucket's lease")
+	}
+	tab.add(next, b2, 3, 0)
+
+	// Once b1 has ended, adding a lease drops it.
+	end := time.Unix(0, b1.end)
+	tab.add(end, bucketFor(end, end.Add(24*time.Hour), 0, defaultMaxBucket), 4, 0)
+	if _, ok := tab.entries[b1]; ok {
+		t.Fatal("bucket that ended is still in the table")
+	}
+	if _, ok := tab.entries[b2]; !ok {
+		t.Fatal("live bucket was dropped")
+	}
+
+	tab.forget(3)
+	if got := tab.current(b2); got != 0 {
+		t.Fatalf("after forget: current = %d, want none", got)
+	}
+}
+
+func TestLeaseTableForgetsOnlyThatLease(t *testing.T) {
+	var tab leaseTable
+	ba := bucketFor(t0, t0.Add(time.Hour), 0, defaultMaxBucket)
+	bb := bucketFor(t0, t0.Add(2*time.Hour), 0, defaultMaxBucket)
+	tab.add(t0, ba, clientv3.LeaseID(7), 0)
+	tab.add(t0, bb, clientv3.LeaseID(8), 0)
+	tab.forget(7)
+	if tab.current(ba) != 0 || tab.current(bb) != 8 {
+		t.Fatalf("forget(7): a=%d b=%d, want a=0 b=8", tab.current(ba), tab.current(bb))
+	}
+}
