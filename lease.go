@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/bits"
 	"strconv"
 	"sync"
@@ -69,7 +70,13 @@ func bucketFor(now, expiry time.Time, fixed, maxWidth time.Duration) bucket {
 	// belongs to the bucket that ends there.
 	end := e - e%int64(w)
 	if end < e {
-		end += int64(w)
+		if end > math.MaxInt64-int64(w) {
+			// The next boundary is past the envelope's range: the last
+			// bucket ends at the latest expiry itself.
+			end = math.MaxInt64
+		} else {
+			end += int64(w)
+		}
 	}
 	return bucket{width: w, end: end}
 }

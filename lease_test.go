@@ -50,6 +50,8 @@ func TestBucketFor(t *testing.T) {
 			bucket{time.Minute, t0.Add(24*time.Hour + time.Minute).UnixNano()}},
 		{"sub-second session, 1 s bucket", t0, t0.Add(300 * time.Millisecond), 0,
 			bucket{time.Second, t0.Add(time.Second).UnixNano()}},
+		{"latest expiry: the bucket end does not overflow", t0, latestExpiry, 0,
+			bucket{time.Minute, latestExpiry.UnixNano()}},
 		{"fixed width", t0, t0.Add(24*time.Hour + time.Second), 10 * time.Minute,
 			bucket{10 * time.Minute, t0.Add(24*time.Hour + 10*time.Minute).UnixNano()}},
 	}
