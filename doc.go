@@ -1,0 +1,48 @@
+// Package etcdstore is a session store for SCS
+// (github.com/alexedwards/scs/v2) that keeps sessions in etcd, so every
+// app server behind a load balancer shares them.
+//
+// It is a drop-in replacement for github.com/alexedwards/scs/etcdstore:
+// New, NewWithPrefix, EtcdStore and the default prefix "scs:session:" are
+// the same, so switching is a one-line import change, and sessions that
+// store wrote are still read.
+//
+//	client, err := clientv3.New(clientv3.Config{
+//		Endpoints:   []string{"http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379"},
+//		DialTimeout: 5 * time.Second,
+//	})
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	defer client.Close()
+//
+//	sessionManager := scs.New()
+//	sessionManager.Store = etcdstore.New(client)
+//
+// # Expiry
+//
+// Each session is stored at prefix+token with its expiry beside the data.
+// Find and All compare that expiry with the app server's clock, as SCS
+// does with its cookies, and treat a session at or past its expiry as
+// gone. etcd alone cannot be exact: a lease lasts at least 2 s
+// (ceil(1.5 x election timeout)), the leader expires leases in a loop
+// every 500 ms, and a leader change gives every lease its full TTL again
+// (etcd server/lease/lessor.go).
+//
+// # Leases
+//
+// Keys are bound to etcd leases so that etcd deletes them after they
+// expire. Sessions that expire at about the same time share a lease (see
+// WithLeaseBucket, WithMaxKeysPerLease): a lease grant is a raft write,
+// as costly as the session's own Put, and every live lease costs the etcd
+// server memory. A key outlives its session's expiry by less than the
+// bucket width plus one second, hidden meanwhile by the expiry check.
+//
+// # Errors
+//
+// Errors begin with "etcdstore:" and wrap their cause, so errors.Is works
+// with context.Canceled, context.DeadlineExceeded and the etcd client's
+// rpctypes errors (for example rpctypes.ErrPermissionDenied). Following
+// SCS's Store contract, a missing, expired or malformed token is not an
+// error: Find returns found == false.
+package etcdstore
