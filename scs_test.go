@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/alexedwards/scs/v2"
-	"github.com/alexedwards/scs/v2/memstore"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdstore/etcdstore"
@@ -29,9 +28,6 @@ type appServer struct {
 func newAppServer(t *testing.T, store scs.Store) *appServer {
 	t.Helper()
 	sm := scs.New()
-	// scs.New starts a MemStore cleanup goroutine; stop it before
-	// replacing the store.
-	sm.Store.(*memstore.MemStore).StopCleanup()
 	sm.Store = store
 	sm.Lifetime = time.Hour
 	sm.ErrorFunc = func(w http.ResponseWriter, r *http.Request, err error) {
