@@ -117,7 +117,6 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	log.Printf("listening on http://%s", ln.Addr())
 	return serve(ctx, cfg, ln)
 }
 
@@ -135,6 +134,7 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 	a := &app{sessions: newSessionManager(store, cfg.idle, cfg.lifetime)}
 	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
 
+	log.Printf("listening on http://%s", ln.Addr())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	var failed error
