@@ -2,38 +2,41 @@ package etcdstore_test
 
 // Benchmarks of the store against baselines measured in the same run.
 //
-// Every benchmark starts its own embedded etcd member with fsync on, as
-// in production, on loopback, and talks to it through one client, as an
-// application does. Operations run under b.RunParallel with about
-// benchGoroutines goroutines.
+// Each benchmark starts its own embedded etcd member on loopback, with
+// fsync on as in production, and one client of it that all goroutines
+// share, as an application shares its client.
 //
-// How the ratios are made honest: for each value size, one parent
-// benchmark starts one server and runs the baselines first and the store
-// last as sub-benchmarks, on the same server, client, keys, values and
-// parallelism, compacting the keyspace before each timed run so every
-// contender starts from the same history. The store's sub-benchmark then
-// reports its throughput as a multiple of each baseline's (x-raw-put,
-// x-naive, x-raw-get, ...: the baseline's ns/op over the store's; above 1
-// means the store is faster), from the final, reported run of each. The
-// machine's background load is the noise left, so run with -count and
-// take medians, e.g. with benchstat. The baselines run first so that
-// whatever state they leave (the naive store's leases) weighs on the
-// store, not the other way round.
+// How the ratios are kept honest on a shared machine: the store and its
+// baselines (a raw etcd call; the naive store of naive_test.go) run
+// interleaved, on the same server, client, keys and values. A round runs
+// a chunk of chunkOps operations of each contender on benchGoroutines
+// goroutines, starting with a different contender each round, and rounds
+// go on until the store has done b.N operations. The framework's timer
+// runs only during the store's chunks, so ns/op and allocs/op are the
+// store's; every chunk is also timed on its own, and the ratios come from
+// the sums: x-raw-put is the raw Put's time per operation over the
+// store's, so 1 means the store matches the raw call's throughput and 0.5
+// that it reaches half of it. Load from other processes that comes and
+// goes over seconds then falls on every contender alike rather than on
+// whichever ran at the time; what is left is noise, so run with -count 5
+// or more and take medians (benchstat). b.RunParallel cannot switch
+// contenders in the middle of a run, hence the runner's own goroutines.
 //
-// allocs/op counts every allocation in the process, the embedded server's
-// included; allocs-over-raw is the store's allocs/op minus the raw
-// call's, so the server's share, equal for both, cancels out.
-// BenchmarkClientOverhead measures the store's own allocations exactly,
+// allocs/op counts every allocation in the process, the embedded
+// server's included; allocs-over-raw-put and the like are the store's
+// allocations per operation minus the raw call's, counted the same way,
+// so the server's share, alike for both, mostly cancels.
+// BenchmarkClientOverhead counts the store's own allocations exactly,
 // with etcd's KV and lease calls stubbed out.
 //
-// CI runs the short set, about a minute on two cores:
+// CI runs the short set, in about a minute on two cores:
 //
 //	go test -short -run '^$' -bench . -benchtime=100x .
 //
-// The full set (All over 100k sessions, the server footprint of 100k
-// commits) takes a few minutes per -count:
+// The full set adds All over 100k sessions and the server footprint of
+// 100k commits, and takes several minutes per count:
 //
-//	go test -run '^$' -bench . -count 5 -timeout 60m .
+//	go test -run '^$' -bench . -count 5 -timeout 120m .
 
 import (
 	"context"
@@ -44,6 +47,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -57,9 +61,12 @@ import (
 )
 
 const (
-	// benchGoroutines is about how many goroutines the parallel
-	// benchmarks run: an application server's concurrent requests.
+	// benchGoroutines is how many goroutines run each contender's
+	// operations: an application server's concurrent requests.
 	benchGoroutines = 32
+	// chunkOps is how many operations a contender runs before the next
+	// one takes over.
+	chunkOps = 16 * benchGoroutines
 	// fillGoroutines commit the sessions a benchmark needs before it
 	// starts timing.
 	fillGoroutines = 64
@@ -80,7 +87,14 @@ var valueSizes = []struct {
 	{"4KiB", 4 << 10},
 }
 
-// sample is what one timed run measured.
+// contender is one way of doing the benchmarked operation: op(i) does its
+// i-th operation, counting from 0.
+type contender struct {
+	name string
+	op   func(i int) error
+}
+
+// sample is what the chunks of one contender measured.
 type sample struct {
 	n       int
 	elapsed time.Duration
@@ -91,6 +105,86 @@ func (s sample) nsPerOp() float64 { return float64(s.elapsed.Nanoseconds()) / fl
 
 func (s sample) allocsPerOp() float64 { return float64(s.mallocs) / float64(s.n) }
 
+// interleave runs b.N operations of store and as many of each baseline,
+// in rounds as the file's comment describes, calling between, when not
+// nil, after each round. The framework's timer runs during the store's
+// chunks only. It returns the samples of the store and of the baselines.
+func interleave(b *testing.B, between func(), store contender, baselines ...contender) (sample, []sample) {
+	b.Helper()
+	b.ReportAllocs()
+	all := append([]contender{store}, baselines...)
+	samples := make([]sample, len(all))
+	b.ResetTimer()
+	b.StopTimer()
+	for round := 0; samples[0].n < b.N; round++ {
+		n := min(chunkOps, b.N-samples[0].n)
+		for k := range all {
+			c := (round + k) % len(all)
+			if c == 0 {
+				b.StartTimer()
+			}
+			err := runChunk(&samples[c], n, benchGoroutines, all[c].op)
+			if c == 0 {
+				b.StopTimer()
+			}
+			if err != nil {
+				b.Fatalf("%s: %v", all[c].name, err)
+			}
+		}
+		if between != nil {
+			between()
+		}
+	}
+	return samples[0], samples[1:]
+}
+
+// runChunk runs the next n operations of op on up to goroutines
+// goroutines and adds their time and allocations to s.
+func runChunk(s *sample, n, goroutines int, op func(i int) error) error {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	mallocs := ms.Mallocs
+	first := s.n
+	var next atomic.Int64
+	var g errgroup.Group
+	start := time.Now()
+	for range min(goroutines, n) {
+		g.Go(func() error {
+			for {
+				k := int(next.Add(1) - 1)
+				if k >= n {
+					return nil
+				}
+				if err := op(first + k); err != nil {
+					return err
+				}
+			}
+		})
+	}
+	err := g.Wait()
+	s.elapsed += time.Since(start)
+	runtime.ReadMemStats(&ms)
+	s.mallocs += ms.Mallocs - mallocs
+	s.n += n
+	return err
+}
+
+// reportBaselines reports, for each baseline, its time per operation as
+// <name>-ns/op and the store's throughput as a multiple of its as
+// x-<name>; for the raw etcd calls (names that begin with "raw"), also
+// the store's allocations per operation beyond its as
+// allocs-over-<name>.
+func reportBaselines(b *testing.B, store sample, baselines []contender, samples []sample) {
+	for i, c := range baselines {
+		base := samples[i]
+		b.ReportMetric(base.nsPerOp(), c.name+"-ns/op")
+		b.ReportMetric(base.nsPerOp()/store.nsPerOp(), "x-"+c.name)
+		if strings.HasPrefix(c.name, "raw") {
+			b.ReportMetric(store.allocsPerOp()-base.allocsPerOp(), "allocs-over-"+c.name)
+		}
+	}
+}
+
 // reportOverhead reports the time and allocations per operation that s
 // takes beyond base, the raw call, as ns-over-<name> and
 // allocs-over-<name>.
@@ -100,62 +194,6 @@ func reportOverhead(b *testing.B, s, base sample, name string) {
 	}
 	b.ReportMetric(s.nsPerOp()-base.nsPerOp(), "ns-over-"+name)
 	b.ReportMetric(s.allocsPerOp()-base.allocsPerOp(), "allocs-over-"+name)
-}
-
-// reportVersus reports the run measured as s against the baseline base,
-// measured earlier in the same parent benchmark: s's throughput as a
-// multiple of base's under x-<name>, and, when allocs is set, the
-// allocations s makes per operation beyond base's under
-// allocs-over-<name>. It reports nothing when the baseline did not run
-// (filtered out by -bench).
-func reportVersus(b *testing.B, s, base sample, name string, allocs bool) {
-	if base.n == 0 {
-		return
-	}
-	b.ReportMetric(base.nsPerOp()/s.nsPerOp(), "x-"+name)
-	if allocs {
-		b.ReportMetric(s.allocsPerOp()-base.allocsPerOp(), "allocs-over-"+name)
-	}
-}
-
-// parallelism returns the b.SetParallelism argument that gives about
-// benchGoroutines goroutines.
-func parallelism() int {
-	p := runtime.GOMAXPROCS(0)
-	return (benchGoroutines + p - 1) / p
-}
-
-// runParallel times op under b.RunParallel with about benchGoroutines
-// goroutines. Each goroutine has a worker number w, from 0, and counts
-// its own operations in i. The timer and the allocation count cover the
-// parallel section only.
-func runParallel(b *testing.B, op func(w, i int) error) sample {
-	b.Helper()
-	b.ReportAllocs()
-	b.SetParallelism(parallelism())
-	var workers atomic.Int64
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		w := int(workers.Add(1) - 1)
-		for i := 0; pb.Next(); i++ {
-			if err := op(w, i); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.StopTimer()
-	runtime.ReadMemStats(&after)
-	return sample{n: b.N, elapsed: b.Elapsed(), mallocs: after.Mallocs - before.Mallocs}
-}
-
-// hotIndex spreads the operations of worker w over the hot sessions,
-// each worker on its own share of them.
-func hotIndex(w, i int) int {
-	share := max(hotSessions/(parallelism()*runtime.GOMAXPROCS(0)), 1)
-	return (w*share + i%share) % hotSessions
 }
 
 // benchServer starts an etcd member with fsync on and returns a client
@@ -188,29 +226,24 @@ func newValue(n int) []byte {
 	return v
 }
 
+// keysOf returns the store's keys of tokens.
+func keysOf(tokens []string) []string {
+	keys := make([]string, len(tokens))
+	for i, t := range tokens {
+		keys[i] = etcdstore.DefaultPrefix + t
+	}
+	return keys
+}
+
 // fill runs commit(i) for every i in [0, n) on fillGoroutines goroutines.
 func fill(n int, commit func(i int) error) error {
-	var next atomic.Int64
-	var g errgroup.Group
-	for range fillGoroutines {
-		g.Go(func() error {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return nil
-				}
-				if err := commit(i); err != nil {
-					return err
-				}
-			}
-		})
-	}
-	return g.Wait()
+	var s sample
+	return runChunk(&s, n, fillGoroutines, commit)
 }
 
 // compact compacts the keyspace at its current revision and waits until
-// the backend has dropped the old revisions, so that the next timed run
-// starts from the same history as the previous one did.
+// the backend has dropped the old revisions, so that the history the
+// contenders run on stays short and alike.
 func compact(b *testing.B, ctx context.Context, client *clientv3.Client) {
 	b.Helper()
 	resp, err := client.Get(ctx, "compact", clientv3.WithCountOnly())
@@ -235,158 +268,128 @@ func countLeases(b *testing.B, ctx context.Context, client *clientv3.Client) int
 
 // BenchmarkCommit compares Commit with a raw Put onto one lease granted
 // beforehand, the most any store on etcd can do, and with the naive
-// Grant-then-Put per commit. Every commit rewrites one of hotSessions
-// sessions of equal lifetime, as SCS does on every request with an
-// IdleTimeout. leases/1k-commits counts the leases granted during the run
-// per 1000 commits.
+// store's Grant-then-Put. Every commit rewrites one of hotSessions
+// sessions that all live 24 h, as SCS does on every request with an
+// IdleTimeout, after one untimed chunk of each contender has warmed the
+// store's lease table up. leases/1k-commits is how many leases the store
+// granted per 1000 commits in the timed rounds (the naive store grants
+// 1000).
 func BenchmarkCommit(b *testing.B) {
 	for _, size := range valueSizes {
 		b.Run(size.name, func(b *testing.B) {
 			client, ctx := benchServer(b)
 			tokens := newTokens(hotSessions)
+			keys := keysOf(tokens)
 			value := newValue(size.n)
-			prefix := etcdstore.DefaultPrefix
-
+			rawValue := string(value)
 			lease, err := client.Grant(ctx, int64((sessionLifetime+time.Hour)/time.Second))
 			if err != nil {
 				b.Fatal(err)
 			}
-			keys := make([]string, len(tokens))
-			for i, t := range tokens {
-				keys[i] = prefix + t
-			}
-			rawValue := string(value)
-			naive := &naiveStore{client: client, prefix: prefix}
+			naive := &naiveStore{client: client, prefix: etcdstore.DefaultPrefix}
 			store := etcdstore.New(client)
 
-			var raw, nv sample
-			b.Run("raw-put", func(b *testing.B) {
-				compact(b, ctx, client)
-				raw = runParallel(b, func(w, i int) error {
-					_, err := client.Put(ctx, keys[hotIndex(w, i)], rawValue, clientv3.WithLease(lease.ID))
-					return err
-				})
-			})
-			b.Run("naive", func(b *testing.B) {
-				compact(b, ctx, client)
-				before := countLeases(b, ctx, client)
-				nv = runParallel(b, func(w, i int) error {
-					return naive.CommitCtx(ctx, tokens[hotIndex(w, i)], value, time.Now().Add(sessionLifetime))
-				})
-				after := countLeases(b, ctx, client)
-				b.ReportMetric(float64(after-before)*1000/float64(b.N), "leases/1k-commits")
-			})
-			b.Run("store", func(b *testing.B) {
-				compact(b, ctx, client)
-				before := countLeases(b, ctx, client)
-				s := runParallel(b, func(w, i int) error {
-					return store.CommitCtx(ctx, tokens[hotIndex(w, i)], value, time.Now().Add(sessionLifetime))
-				})
-				after := countLeases(b, ctx, client)
-				b.ReportMetric(float64(after-before)*1000/float64(b.N), "leases/1k-commits")
-				reportVersus(b, s, raw, "raw-put", true)
-				reportVersus(b, s, nv, "naive", false)
-			})
+			storeOp := contender{"store", func(i int) error {
+				return store.CommitCtx(ctx, tokens[i%hotSessions], value, time.Now().Add(sessionLifetime))
+			}}
+			rawOp := contender{"raw-put", func(i int) error {
+				_, err := client.Put(ctx, keys[i%hotSessions], rawValue, clientv3.WithLease(lease.ID))
+				return err
+			}}
+			naiveOp := contender{"naive", func(i int) error {
+				return naive.CommitCtx(ctx, tokens[i%hotSessions], value, time.Now().Add(sessionLifetime))
+			}}
+			for _, c := range []contender{storeOp, rawOp, naiveOp} {
+				var warm sample
+				if err := runChunk(&warm, hotSessions, benchGoroutines, c.op); err != nil {
+					b.Fatalf("warm up %s: %v", c.name, err)
+				}
+			}
+			compact(b, ctx, client)
+			leases := countLeases(b, ctx, client)
+
+			s, base := interleave(b, func() { compact(b, ctx, client) }, storeOp, rawOp, naiveOp)
+
+			// Every naive commit granted one lease; the rest are the store's.
+			storeLeases := countLeases(b, ctx, client) - leases - base[1].n
+			b.ReportMetric(float64(storeLeases)*1000/float64(s.n), "leases/1k-commits")
+			reportBaselines(b, s, []contender{rawOp, naiveOp}, base)
 		})
 	}
 }
 
 // BenchmarkFind compares Find of a live session with a raw linearizable
-// Get of its key.
+// Get of its key, over hotSessions sessions.
 func BenchmarkFind(b *testing.B) {
 	for _, size := range valueSizes {
 		b.Run(size.name, func(b *testing.B) {
 			client, ctx := benchServer(b)
 			tokens := newTokens(hotSessions)
+			keys := keysOf(tokens)
 			value := newValue(size.n)
 			store := etcdstore.New(client)
 			expiry := time.Now().Add(sessionLifetime)
 			if err := fill(len(tokens), func(i int) error { return store.CommitCtx(ctx, tokens[i], value, expiry) }); err != nil {
 				b.Fatal(err)
 			}
-			keys := make([]string, len(tokens))
-			for i, t := range tokens {
-				keys[i] = etcdstore.DefaultPrefix + t
-			}
 
-			var raw sample
-			b.Run("raw-get", func(b *testing.B) {
-				raw = runParallel(b, func(w, i int) error {
-					resp, err := client.Get(ctx, keys[hotIndex(w, i)])
-					if err == nil && len(resp.Kvs) != 1 {
-						err = fmt.Errorf("get %q: %d keys, want 1", keys[hotIndex(w, i)], len(resp.Kvs))
-					}
-					return err
-				})
-			})
-			b.Run("store", func(b *testing.B) {
-				s := runParallel(b, func(w, i int) error {
-					_, found, err := store.FindCtx(ctx, tokens[hotIndex(w, i)])
-					if err == nil && !found {
-						err = fmt.Errorf("find %q: not found", tokens[hotIndex(w, i)])
-					}
-					return err
-				})
-				reportVersus(b, s, raw, "raw-get", true)
-			})
+			storeOp := contender{"store", func(i int) error {
+				_, found, err := store.FindCtx(ctx, tokens[i%hotSessions])
+				if err == nil && !found {
+					err = fmt.Errorf("find %q: not found", tokens[i%hotSessions])
+				}
+				return err
+			}}
+			rawOp := contender{"raw-get", func(i int) error {
+				resp, err := client.Get(ctx, keys[i%hotSessions])
+				if err == nil && len(resp.Kvs) != 1 {
+					err = fmt.Errorf("get %q: %d keys, want 1", keys[i%hotSessions], len(resp.Kvs))
+				}
+				return err
+			}}
+			s, base := interleave(b, nil, storeOp, rawOp)
+			reportBaselines(b, s, []contender{rawOp}, base)
 		})
 	}
 }
 
 // BenchmarkDelete compares Delete of a live session with a raw Delete of
-// its key. Each run first commits, untimed, as many sessions as it
-// deletes.
+// its key. Each run first commits, untimed, a session for every delete.
 func BenchmarkDelete(b *testing.B) {
 	for _, size := range valueSizes {
 		b.Run(size.name, func(b *testing.B) {
 			client, ctx := benchServer(b)
 			value := newValue(size.n)
 			store := etcdstore.New(client)
-
-			// prepare commits b.N new sessions and returns their tokens.
-			prepare := func(b *testing.B) []string {
-				b.Helper()
-				compact(b, ctx, client)
-				tokens := newTokens(b.N)
-				expiry := time.Now().Add(sessionLifetime)
-				if err := fill(len(tokens), func(i int) error { return store.CommitCtx(ctx, tokens[i], value, expiry) }); err != nil {
-					b.Fatal(err)
-				}
-				return tokens
+			tokens := newTokens(2 * b.N)
+			expiry := time.Now().Add(sessionLifetime)
+			if err := fill(len(tokens), func(i int) error { return store.CommitCtx(ctx, tokens[i], value, expiry) }); err != nil {
+				b.Fatal(err)
 			}
+			storeTokens, rawKeys := tokens[:b.N], keysOf(tokens[b.N:])
+			compact(b, ctx, client)
 
-			var raw sample
-			b.Run("raw-delete", func(b *testing.B) {
-				tokens := prepare(b)
-				keys := make([]string, len(tokens))
-				for i, t := range tokens {
-					keys[i] = etcdstore.DefaultPrefix + t
-				}
-				var next atomic.Int64
-				raw = runParallel(b, func(int, int) error {
-					_, err := client.Delete(ctx, keys[next.Add(1)-1])
-					return err
-				})
-			})
-			b.Run("store", func(b *testing.B) {
-				tokens := prepare(b)
-				var next atomic.Int64
-				s := runParallel(b, func(int, int) error {
-					return store.DeleteCtx(ctx, tokens[next.Add(1)-1])
-				})
-				reportVersus(b, s, raw, "raw-delete", true)
-			})
+			storeOp := contender{"store", func(i int) error { return store.DeleteCtx(ctx, storeTokens[i]) }}
+			rawOp := contender{"raw-delete", func(i int) error {
+				_, err := client.Delete(ctx, rawKeys[i])
+				return err
+			}}
+			s, base := interleave(b, func() { compact(b, ctx, client) }, storeOp, rawOp)
+			reportBaselines(b, s, []contender{rawOp}, base)
 		})
 	}
 }
 
-// BenchmarkAll compares All over many live sessions with raw range reads
-// of the prefix that build the same map: in pages of the store's page
-// size at one revision, as the store reads, and in a single unlimited
-// Get. peak-heap-MB is the most the process heap (client and embedded
-// server alike) grew above its level before the call, sampled every
-// 200 µs; result-MB is the bytes of tokens and values in the result, the
-// floor of any All. The 100k case is left out of -short runs.
+// BenchmarkAll compares All over many live sessions of 256 B with raw
+// range reads of the prefix that build the same map: raw-paged in pages
+// of the store's page size at one revision, as the store reads, and
+// raw-single in one unlimited Get. The calls run one at a time, the
+// three contenders in turn. peak-heap-MB is the most the process heap
+// (client and embedded server alike) grew during a call of the store
+// above its level before the call, sampled every 200 µs, after a GC;
+// <name>-peak-heap-MB the same for the baselines; result-MB is the bytes
+// of tokens and values in the result, the floor of any All. The 100k case
+// is left out of -short runs.
 func BenchmarkAll(b *testing.B) {
 	for _, n := range []int{10_000, 100_000} {
 		b.Run(strconv.Itoa(n/1000)+"k", func(b *testing.B) {
@@ -404,18 +407,12 @@ func BenchmarkAll(b *testing.B) {
 			}
 			const pageSize = 1000 // the store's default
 
-			check := func(b *testing.B, m map[string][]byte) {
-				if len(m) != n {
-					b.Fatalf("read %d sessions, want %d", len(m), n)
-				}
-			}
-			var paged, single sample
-			b.Run("raw-paged", func(b *testing.B) {
-				paged = runAll(b, func() (map[string][]byte, error) {
+			contenders := []allContender{
+				{"store", func() (map[string][]byte, error) { return store.AllCtx(ctx) }},
+				{"raw-paged", func() (map[string][]byte, error) {
 					m := make(map[string][]byte)
 					var rev int64
-					from := prefix
-					end := clientv3.GetPrefixRangeEnd(prefix)
+					from, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
 					for {
 						resp, err := client.Get(ctx, from, clientv3.WithRange(end), clientv3.WithLimit(pageSize), clientv3.WithRev(rev))
 						if err != nil {
@@ -430,10 +427,8 @@ func BenchmarkAll(b *testing.B) {
 						}
 						from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 					}
-				}, check)
-			})
-			b.Run("raw-single", func(b *testing.B) {
-				single = runAll(b, func() (map[string][]byte, error) {
+				}},
+				{"raw-single", func() (map[string][]byte, error) {
 					resp, err := client.Get(ctx, prefix, clientv3.WithPrefix())
 					if err != nil {
 						return nil, err
@@ -443,50 +438,73 @@ func BenchmarkAll(b *testing.B) {
 						m[string(kv.Key[len(prefix):])] = kv.Value
 					}
 					return m, nil
-				}, check)
-			})
-			b.Run("store", func(b *testing.B) {
-				s := runAll(b, func() (map[string][]byte, error) { return store.AllCtx(ctx) }, check)
-				reportVersus(b, s, paged, "raw-paged", true)
-				reportVersus(b, s, single, "raw-single", false)
-			})
+				}},
+			}
+			// One untimed call each, so that no contender pays for a
+			// cold start.
+			for _, c := range contenders {
+				if _, err := c.all(); err != nil {
+					b.Fatal(err)
+				}
+			}
+
+			samples := make([]sample, len(contenders))
+			peaks := make([]uint64, len(contenders))
+			var resultBytes uint64
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.StopTimer()
+			for round := range b.N {
+				for k := range contenders {
+					c := (round + k) % len(contenders)
+					runtime.GC()
+					var ms runtime.MemStats
+					runtime.ReadMemStats(&ms)
+					mallocs := ms.Mallocs
+					sampler := startHeapSampler()
+					if c == 0 {
+						b.StartTimer()
+					}
+					start := time.Now()
+					m, err := contenders[c].all()
+					samples[c].elapsed += time.Since(start)
+					if c == 0 {
+						b.StopTimer()
+					}
+					peaks[c] = max(peaks[c], sampler.stop())
+					runtime.ReadMemStats(&ms)
+					samples[c].mallocs += ms.Mallocs - mallocs
+					samples[c].n++
+					if err != nil {
+						b.Fatalf("%s: %v", contenders[c].name, err)
+					}
+					if len(m) != n {
+						b.Fatalf("%s: read %d sessions, want %d", contenders[c].name, len(m), n)
+					}
+					if c == 0 {
+						resultBytes = 0
+						for k, v := range m {
+							resultBytes += uint64(len(k) + len(v))
+						}
+					}
+				}
+			}
+			b.ReportMetric(float64(resultBytes)/(1<<20), "result-MB")
+			b.ReportMetric(float64(peaks[0])/(1<<20), "peak-heap-MB")
+			var baselines []contender
+			for i, c := range contenders[1:] {
+				baselines = append(baselines, contender{name: c.name})
+				b.ReportMetric(float64(peaks[i+1])/(1<<20), c.name+"-peak-heap-MB")
+			}
+			reportBaselines(b, samples[0], baselines, samples[1:])
 		})
 	}
 }
 
-// runAll times all, one call per operation, reports the peak heap growth
-// during a call and the size of the result, and checks each result.
-func runAll(b *testing.B, all func() (map[string][]byte, error), check func(*testing.B, map[string][]byte)) sample {
-	b.Helper()
-	b.ReportAllocs()
-	var peak, resultBytes uint64
-	var mallocs uint64
-	var ms runtime.MemStats
-	b.ResetTimer()
-	b.StopTimer()
-	for range b.N {
-		runtime.GC()
-		runtime.ReadMemStats(&ms)
-		m0 := ms.Mallocs
-		sampler := startHeapSampler()
-		b.StartTimer()
-		m, err := all()
-		b.StopTimer()
-		peak = max(peak, sampler.stop())
-		runtime.ReadMemStats(&ms)
-		mallocs += ms.Mallocs - m0
-		if err != nil {
-			b.Fatal(err)
-		}
-		check(b, m)
-		resultBytes = 0
-		for k, v := range m {
-			resultBytes += uint64(len(k) + len(v))
-		}
-	}
-	b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MB")
-	b.ReportMetric(float64(resultBytes)/(1<<20), "result-MB")
-	return sample{n: b.N, elapsed: b.Elapsed(), mallocs: mallocs}
+// allContender is one way of reading every session.
+type allContender struct {
+	name string
+	all  func() (map[string][]byte, error)
 }
 
 // heapSampler samples the bytes of heap objects, live or not yet swept,
