@@ -301,6 +301,37 @@ func TestHostileValues(t *testing.T) {
 		e.check(tt.name + " data")
 	}
 
+	// The largest data that fits, found by bisection: at most the limit
+	// less the key and the envelope header, and less only by the few bytes
+	// of the Put request's own framing. One byte more is refused.
+	key := len(e.s.prefix) + len("edge")
+	lo, hi := 0, hostileMaxRequestBytes-key-envelopeHeader+1 // lo fits, hi does not
+	for hi-lo > 1 {
+		mid := (lo + hi) / 2
+		err := e.s.Commit("edge", make([]byte, mid), hostileExpiry())
+		switch {
+		case err == nil:
+			lo = mid
+		case errors.Is(err, ErrValueTooLarge):
+			hi = mid
+		default:
+			t.Fatalf("Commit of %d bytes: %v", mid, err)
+		}
+	}
+	overhead := hostileMaxRequestBytes - key - envelopeHeader - lo
+	t.Logf("largest data under --max-request-bytes=%d with a %d-byte key: %d bytes (%d bytes of request framing)", hostileMaxRequestBytes, key, lo, overhead)
+	if overhead > 64 {
+		t.Errorf("largest data that fits is %d bytes, %d under the limit less key and envelope", lo, overhead)
+	}
+	edge := bytes.Repeat([]byte{0xee}, lo)
+	e.commit(e.s, "edge", edge)
+	e.want["edge"] = edge
+	e.check("data at --max-request-bytes")
+	if err := e.s.Commit("edge", append(edge, 0xee), hostileExpiry()); !errors.Is(err, ErrValueTooLarge) {
+		t.Fatalf("Commit of %d bytes, one over the largest that fits = %v, want ErrValueTooLarge", lo+1, err)
+	}
+	e.check("data one byte over --max-request-bytes")
+
 	// A client whose own send limit is below the server's.
 	const clientLimit = 16 << 10
 	small := etcdtest.NewClient(t, clientv3.Config{Endpoints: e.srv.Endpoints(), MaxCallSendMsgSize: clientLimit})
