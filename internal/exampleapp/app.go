@@ -1,0 +1,136 @@
+// Package exampleapp is the web app of etcdstore's example command: the
+// routes of SCS's README, plus login, logout and a count of the live
+// sessions. The load test serves it too.
+package exampleapp
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/alexedwards/scs/v2"
+)
+
+// MaxNameLen bounds the name a visitor logs in under, in bytes.
+const MaxNameLen = 64
+
+// Session keys.
+const (
+	keyMessage = "message" // string: what /put stores
+	keyUser    = "user"    // string: the name logged in under, or absent
+)
+
+// NewSessionManager returns an SCS session manager that keeps its
+// sessions in store, with the given idle timeout (0 for none) and
+// lifetime. Store errors are logged and answered with 500.
+func NewSessionManager(store scs.Store, idle, lifetime time.Duration) *scs.SessionManager {
+	sm := scs.New()
+	sm.Store = store
+	sm.IdleTimeout = idle
+	sm.Lifetime = lifetime
+	sm.ErrorFunc = serverError
+	return sm
+}
+
+// New returns the app's handler: its routes behind sm.LoadAndSave, which
+// loads each request's session and commits it before the response.
+//
+//	/          what the session holds, and the routes
+//	/put       store a message in the session
+//	/get       show the message
+//	/login     log in as the form value "name", under a new token
+//	/logout    destroy the session
+//	/sessions  count the live sessions
+func New(sm *scs.SessionManager) http.Handler {
+	a := &app{sm: sm}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/{$}", a.home)
+	mux.HandleFunc("/put", a.put)
+	mux.HandleFunc("/get", a.get)
+	mux.HandleFunc("/login", a.login)
+	mux.HandleFunc("/logout", a.logout)
+	mux.HandleFunc("GET /sessions", a.sessions)
+	return sm.LoadAndSave(mux)
+}
+
+type app struct {
+	sm *scs.SessionManager
+}
+
+func (a *app) home(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if user := a.sm.GetString(ctx, keyUser); user != "" {
+		fmt.Fprintf(w, "logged in as %s\n", user)
+	} else {
+		fmt.Fprintln(w, "not logged in")
+	}
+	fmt.Fprintf(w, "message: %q\n\n", a.sm.GetString(ctx, keyMessage))
+	fmt.Fprintln(w, "routes: /put /get /login?name=NAME /logout /sessions")
+}
+
+// put stores a message, as in SCS's README.
+func (a *app) put(w http.ResponseWriter, r *http.Request) {
+	a.sm.Put(r.Context(), keyMessage, "Hello from a session!")
+	fmt.Fprintln(w, "stored")
+}
+
+// get shows the message /put stored, or nothing.
+func (a *app) get(w http.ResponseWriter, r *http.Request) {
+	fmt.Fprintln(w, a.sm.GetString(r.Context(), keyMessage))
+}
+
+// login logs the visitor in as the form value "name" (query or body).
+// The session keeps its data but gets a new token, so a token planted
+// before the login (session fixation) is worth nothing after it.
+func (a *app) login(w http.ResponseWriter, r *http.Request) {
+	name := strings.TrimSpace(r.FormValue("name"))
+	if name == "" || len(name) > MaxNameLen {
+		http.Error(w, fmt.Sprintf("name must be 1 to %d bytes", MaxNameLen), http.StatusBadRequest)
+		return
+	}
+	ctx := r.Context()
+	// RenewToken deletes the old token's session from the store at once;
+	// LoadAndSave commits the session under the new token.
+	if err := a.sm.RenewToken(ctx); err != nil {
+		serverError(w, r, err)
+		return
+	}
+	a.sm.Put(ctx, keyUser, name)
+	fmt.Fprintf(w, "logged in as %s\n", name)
+}
+
+// logout deletes the session from the store and tells the browser to drop
+// its cookie.
+func (a *app) logout(w http.ResponseWriter, r *http.Request) {
+	if err := a.sm.Destroy(r.Context()); err != nil {
+		serverError(w, r, err)
+		return
+	}
+	fmt.Fprintln(w, "logged out")
+}
+
+// sessions counts the live sessions: SCS's Iterate reads them all with
+// the store's AllCtx, which skips expired ones.
+func (a *app) sessions(w http.ResponseWriter, r *http.Request) {
+	n := 0
+	err := a.sm.Iterate(r.Context(), func(context.Context) error {
+		n++
+		return nil
+	})
+	if err != nil {
+		serverError(w, r, err)
+		return
+	}
+	fmt.Fprintf(w, "live sessions: %d\n", n)
+}
+
+// serverError logs err, which comes from the session store or SCS, and
+// answers 500. The visitor sees no detail.
+func serverError(w http.ResponseWriter, r *http.Request, err error) {
+	log.Printf("%s %s: %v", r.Method, r.URL.Path, err)
+	http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+}
