@@ -288,6 +288,7 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 	leader := c.Leader()
 	lostAt := time.Now()
 	c.Kill(leader)
+	killTook := time.Since(lostAt)
 	probes := probeRecovery(t, s)
 	before := load.acked.Load()
 	waitFor(t, "200 more commits after the leader is lost", func() bool { return load.acked.Load() >= before+200 })
@@ -308,8 +309,8 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 	check := NewWithPrefix(c.MemberClient(t, survivor), faultPrefix(t))
 	lost := lostSessions(t, check, results)
 
-	t.Logf("leader loss: %d commits acknowledged, %d failed, %d lost; committing again %v after the crash; errors: %s",
-		rep.acked, rep.failed, len(lost), recovery.Round(time.Millisecond), rep.errSummary())
+	t.Logf("leader loss: %d commits acknowledged, %d failed, %d lost; committing again %v after the crash (stopping the member took %v); errors: %s",
+		rep.acked, rep.failed, len(lost), recovery.Round(time.Millisecond), killTook.Round(time.Millisecond), rep.errSummary())
 	if len(lost) > 0 {
 		t.Errorf("%d acknowledged sessions lost, first %q", len(lost), lost[0])
 	}

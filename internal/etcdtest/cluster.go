@@ -1,17 +1,18 @@
 package etcdtest
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 )
 
 // Cluster timing. A member that hears nothing from the leader for an
@@ -25,51 +26,66 @@ const (
 	clusterElectionMs = 500
 )
 
-// leaderTimeout bounds how long Leader waits for the members to agree on
-// a leader.
-const leaderTimeout = 30 * time.Second
+const (
+	// leaderTimeout bounds how long Leader waits for the members to agree
+	// on a leader.
+	leaderTimeout = 30 * time.Second
+	// bindAttempts bounds how often a member is started on fresh ports
+	// after another process took one of those it was given.
+	bindAttempts = 5
+)
 
 // Cluster is a multi-member etcd cluster in one process: real members
-// talking raft over loopback peer URLs. Its methods are meant for the test
+// talking raft over loopback. Its methods are meant for the test
 // goroutine: they are not safe for concurrent use.
 //
-// Each member advertises a peer URL served by a proxy of the cluster's,
-// which forwards to the port the member listens on. Stopping a member cuts
-// every connection to it at once, as a crash would, and stopping the
-// cluster cuts them all. Without that, a peer connection can outlive its
-// member by up to etcd's 5 s peer read timeout (an HTTP keep-alive
-// connection whose read deadline etcd's listener re-arms), which a
-// goroutine-leak check at the end of the tests would report.
+// Each member's client and peer URLs are served by proxies that the
+// cluster holds from start to end and that forward to the ports the member
+// listens on. So a member's URLs never change, though its ports may: if
+// another process takes a port a member was given before it binds it,
+// which loopback ports found free a moment earlier allow, the member
+// starts again on others. And stopping a member cuts every connection to
+// it at once, as a crash would; without that, a peer connection can
+// outlive its member by up to etcd's 5 s peer read timeout (an HTTP
+// keep-alive connection whose read deadline etcd's listener re-arms),
+// which the goroutine-leak check at the end of the tests reports.
 type Cluster struct {
 	tb      testing.TB
 	Members []*Server // a member's Etcd is nil while it is stopped
-	proxies []*peerProxy
+
+	clients, peers []*proxy // each member's
 }
 
-// StartCluster starts an n-member cluster on free loopback ports, each
-// member's data in its own directory under tb.TempDir(), and stops it when
-// the test ends. The options apply to every member, after the cluster's
-// defaults (fsync off, a 50 ms heartbeat and a 500 ms election timeout).
+// StartCluster starts an n-member cluster on loopback, each member's data
+// in its own directory under tb.TempDir(), and stops it when the test
+// ends. The options apply to every member, after the cluster's defaults
+// (fsync off, a 50 ms heartbeat and a 500 ms election timeout).
 func StartCluster(tb testing.TB, n int, opts ...Option) *Cluster {
 	tb.Helper()
 	if n < 1 {
 		tb.Fatalf("etcdtest: cluster of %d members", n)
 	}
 	c := &Cluster{tb: tb}
+	tb.Cleanup(c.stopAll)
 	token := "cluster-" + strings.ReplaceAll(tb.Name(), "/", "-")
 	var initial []string
-	tb.Cleanup(c.stopAll)
 	for i := range n {
 		cfg := Config(tb, fmt.Sprintf("m%d", i), tb.TempDir())
 		cfg.InitialClusterToken = token
 		cfg.TickMs = clusterTickMs
 		cfg.ElectionMs = clusterElectionMs
-		p, err := newPeerProxy(cfg.ListenPeerUrls[0].Host)
+		cp, err := newProxy(cfg.ListenClientUrls[0].Host)
+		if err != nil {
+			tb.Fatalf("etcdtest: client proxy for %s: %v", cfg.Name, err)
+		}
+		c.clients = append(c.clients, cp)
+		pp, err := newProxy(cfg.ListenPeerUrls[0].Host)
 		if err != nil {
 			tb.Fatalf("etcdtest: peer proxy for %s: %v", cfg.Name, err)
 		}
-		c.proxies = append(c.proxies, p)
-		cfg.AdvertisePeerUrls = []url.URL{p.url()}
+		c.peers = append(c.peers, pp)
+		cfg.AdvertiseClientUrls = []url.URL{cp.url()}
+		cfg.AdvertisePeerUrls = []url.URL{pp.url()}
 		c.Members = append(c.Members, &Server{tb: tb, Cfg: cfg})
 		initial = append(initial, cfg.Name+"="+cfg.AdvertisePeerUrls[0].String())
 	}
@@ -85,16 +101,53 @@ func StartCluster(tb testing.TB, n int, opts ...Option) *Cluster {
 	// start them all at once.
 	errs := make([]error, n)
 	var wg sync.WaitGroup
-	for i, m := range c.Members {
-		wg.Go(func() { m.Etcd, errs[i] = StartEtcd(m.Cfg) })
+	for i := range c.Members {
+		wg.Go(func() { errs[i] = c.start(i) })
 	}
 	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			tb.Fatalf("etcdtest: start cluster: %v", err)
-		}
+	if err := errors.Join(errs...); err != nil {
+		tb.Fatalf("etcdtest: start cluster: %v", err)
 	}
 	return c
+}
+
+// start starts member i and waits until it is ready, on fresh listening
+// ports whenever one it was given turns out taken.
+func (c *Cluster) start(i int) error {
+	m := c.Members[i]
+	for attempt := 1; ; attempt++ {
+		e, err := StartEtcd(m.Cfg)
+		if err == nil {
+			m.Etcd = e
+			return nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == bindAttempts {
+			return err
+		}
+		client, err := freeLoopbackURL()
+		if err != nil {
+			return err
+		}
+		peer, err := freeLoopbackURL()
+		if err != nil {
+			return err
+		}
+		m.Cfg.ListenClientUrls = []url.URL{client}
+		m.Cfg.ListenPeerUrls = []url.URL{peer}
+		c.clients[i].setTarget(client.Host)
+		c.peers[i].setTarget(peer.Host)
+	}
+}
+
+// freeLoopbackURL returns an http URL on a loopback port that was free a
+// moment ago.
+func freeLoopbackURL() (url.URL, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return url.URL{}, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return url.URL{Scheme: "http", Host: l.Addr().String()}, nil
 }
 
 // Endpoints returns the client URLs of every member, running or not, as an
@@ -144,85 +197,104 @@ func (c *Cluster) Leader() int {
 // hands leadership to another member. Its data stays for Restart.
 func (c *Cluster) Stop(i int) {
 	c.Members[i].Stop()
-	c.proxies[i].cut()
+	c.down(i)
 }
 
 // Kill stops member i without coordination, as a crash would: raft stops
-// at once, in-flight requests fail, and a leader hands nothing over, so
-// the others elect a new one after an election timeout. Its data stays for
-// Restart.
+// at once, every connection to the member drops, and a leader hands
+// nothing over, so the others elect a new one after an election timeout.
+// Its data stays for Restart.
 func (c *Cluster) Kill(i int) {
+	// Cut the member off first: from then on it can neither reach a
+	// quorum nor answer a client. Close then has no connection to wait
+	// for.
+	c.down(i)
 	if e := c.Members[i].Etcd; e != nil {
 		e.Server.HardStop()
-		// Cut the peer connections before Close, which otherwise waits
-		// up to a second for those the peers keep open.
-		c.proxies[i].cut()
 		e.Close()
 	}
 	c.Members[i].Etcd = nil
-	c.proxies[i].cut()
 }
 
 // Restart starts member i again, on the same data directory and URLs,
 // and waits until it is ready, which needs a quorum of the members.
 func (c *Cluster) Restart(i int) {
 	c.tb.Helper()
-	c.Members[i].Start()
+	c.clients[i].setDown(false)
+	c.peers[i].setDown(false)
+	if err := c.start(i); err != nil {
+		c.tb.Fatalf("etcdtest: restart %s: %v", c.Members[i].Cfg.Name, err)
+	}
 }
 
-// kill hard-stops e's raft node, then closes it. Close alone would first
-// transfer leadership.
-func kill(e *embed.Etcd) {
-	if e == nil {
-		return
-	}
-	e.Server.HardStop()
-	e.Close()
+// down drops every connection to member i and refuses new ones until
+// Restart.
+func (c *Cluster) down(i int) {
+	c.clients[i].setDown(true)
+	c.peers[i].setDown(true)
 }
 
 // stopAll kills every running member at once (a graceful stop of each in
 // turn would try to hand leadership to members that are going too), then
-// closes the proxies, cutting what peer connections remain.
+// closes the proxies, cutting what connections remain.
 func (c *Cluster) stopAll() {
 	var wg sync.WaitGroup
-	for _, m := range c.Members {
-		e := m.Etcd
-		m.Etcd = nil
-		wg.Go(func() { kill(e) })
+	for i, m := range c.Members {
+		if m.Etcd != nil {
+			wg.Go(func() { c.Kill(i) })
+		}
 	}
 	wg.Wait()
-	for _, p := range c.proxies {
+	for _, p := range append(c.clients, c.peers...) {
 		p.close()
 	}
 }
 
-// peerProxy accepts a member's peer connections on a loopback port of its
-// own and forwards each to the member's peer listener.
-type peerProxy struct {
-	l      net.Listener
-	target string // host:port the member listens on for peers
-	wg     sync.WaitGroup
+// proxy accepts TCP connections on a loopback port of its own and
+// forwards each to a target address.
+type proxy struct {
+	l  net.Listener
+	wg sync.WaitGroup
 
-	mu     sync.Mutex // protects conns and closed
+	mu     sync.Mutex // protects target, conns, down and closed
+	target string     // host:port
 	conns  map[net.Conn]struct{}
+	down   bool // refusing connections: the member is stopped
 	closed bool
 }
 
-func newPeerProxy(target string) (*peerProxy, error) {
+func newProxy(target string) (*proxy, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	p := &peerProxy{l: l, target: target, conns: make(map[net.Conn]struct{})}
+	p := &proxy{l: l, target: target, conns: make(map[net.Conn]struct{})}
 	p.wg.Go(p.serve)
 	return p, nil
 }
 
-func (p *peerProxy) url() url.URL {
+func (p *proxy) url() url.URL {
 	return url.URL{Scheme: "http", Host: p.l.Addr().String()}
 }
 
-func (p *peerProxy) serve() {
+func (p *proxy) setTarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
+}
+
+// setDown makes the proxy refuse connections, after cutting those it
+// forwards, or accept them again.
+func (p *proxy) setDown(down bool) {
+	p.mu.Lock()
+	p.down = down
+	p.mu.Unlock()
+	if down {
+		p.cut()
+	}
+}
+
+func (p *proxy) serve() {
 	for {
 		in, err := p.l.Accept()
 		if err != nil {
@@ -232,10 +304,17 @@ func (p *peerProxy) serve() {
 	}
 }
 
-// forward copies between in and a new connection to the member until
+// forward copies between in and a new connection to the target until
 // either side ends or the proxy cuts them.
-func (p *peerProxy) forward(in net.Conn) {
-	out, err := net.DialTimeout("tcp", p.target, time.Second)
+func (p *proxy) forward(in net.Conn) {
+	p.mu.Lock()
+	target, down := p.target, p.down
+	p.mu.Unlock()
+	if down {
+		in.Close()
+		return
+	}
+	out, err := net.DialTimeout("tcp", target, time.Second)
 	if err != nil {
 		in.Close() // the member is down: refuse, as its port would
 		return
@@ -245,10 +324,10 @@ func (p *peerProxy) forward(in net.Conn) {
 		out.Close()
 		return
 	}
-	done := make(chan struct{}, 1)
+	done := make(chan struct{})
 	go func() {
 		io.Copy(out, in)
-		done <- struct{}{}
+		close(done)
 	}()
 	io.Copy(in, out)
 	in.Close()
@@ -257,11 +336,11 @@ func (p *peerProxy) forward(in net.Conn) {
 	p.untrack(in, out)
 }
 
-// track registers a forwarded pair, unless the proxy is closed.
-func (p *peerProxy) track(conns ...net.Conn) bool {
+// track registers a forwarded pair, unless the proxy is down or closed.
+func (p *proxy) track(conns ...net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if p.down || p.closed {
 		return false
 	}
 	for _, c := range conns {
@@ -270,7 +349,7 @@ func (p *peerProxy) track(conns ...net.Conn) bool {
 	return true
 }
 
-func (p *peerProxy) untrack(conns ...net.Conn) {
+func (p *proxy) untrack(conns ...net.Conn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, c := range conns {
@@ -278,8 +357,8 @@ func (p *peerProxy) untrack(conns ...net.Conn) {
 	}
 }
 
-// cut closes every connection forwarded so far; new ones are accepted.
-func (p *peerProxy) cut() {
+// cut closes every connection forwarded so far.
+func (p *proxy) cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for c := range p.conns {
@@ -289,7 +368,7 @@ func (p *peerProxy) cut() {
 
 // close stops accepting, cuts every connection and waits for the
 // forwarding goroutines to end.
-func (p *peerProxy) close() {
+func (p *proxy) close() {
 	p.l.Close()
 	p.mu.Lock()
 	p.closed = true
