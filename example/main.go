@@ -1,26 +1,28 @@
-// Command example is a small web app whose sessions SCS keeps in etcd
-// through etcdstore. It counts a visitor's page views, lets them log in
-// and out under a name, and lists the live sessions.
+// Command example is a web app whose sessions SCS keeps in etcd through
+// etcdstore.
 //
-// With no -endpoints it starts a single-member etcd inside the process,
-// its data in -data, so sessions survive a restart of the app:
+// With no etcd endpoints (-etcd, or ETCD_ENDPOINTS), it starts a
+// single-member etcd inside the process, its data in -data, so sessions
+// survive a restart of the app:
 //
-//	cd example
-//	go run .
-//	curl -c jar -b jar http://127.0.0.1:4000/
+//	go run ./example
+//	curl -c jar -b jar http://127.0.0.1:4000/put
+//	curl -c jar -b jar http://127.0.0.1:4000/get
 //
-// With -endpoints it is a client of an etcd cluster instead. Several
+// With endpoints it is a client of that etcd cluster instead. Several
 // copies on one cluster and prefix, each with its own -addr, share their
 // sessions: a visitor can land on any of them.
 //
-//	go run . -endpoints http://127.0.0.1:2379 -addr 127.0.0.1:4001
+//	go run ./example -etcd http://127.0.0.1:2379 -addr 127.0.0.1:4001
 //
 // Routes:
 //
-//	GET  /          count a visit, show the session
-//	POST /login     log in as the form value "name", under a new token
-//	POST /logout    destroy the session
-//	GET  /sessions  list the live sessions (names and visits, never tokens)
+//	/          what the session holds
+//	/put       store a message in the session
+//	/get       show the message
+//	/login     log in as the form value "name", under a new token
+//	/logout    destroy the session
+//	/sessions  count the live sessions
 package main
 
 import (
@@ -35,11 +37,13 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/etcdstore/etcdstore"
+	"github.com/etcdstore/etcdstore/internal/exampleapp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -65,7 +69,7 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs := flag.NewFlagSet("example", flag.ContinueOnError)
 	fs.SetOutput(output)
 	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:4000", "HTTP listen `address`")
-	fs.StringVar(&endpoints, "endpoints", "", "comma-separated etcd client `URLs`; empty starts an embedded single-member etcd")
+	fs.StringVar(&endpoints, "etcd", os.Getenv("ETCD_ENDPOINTS"), "comma-separated etcd client `URLs` (default $ETCD_ENDPOINTS); none starts an embedded single-member etcd")
 	fs.StringVar(&cfg.dataDir, "data", "etcd-data", "data `directory` of the embedded etcd")
 	fs.StringVar(&cfg.prefix, "prefix", etcdstore.DefaultPrefix, "etcd key `prefix` of the sessions")
 	fs.DurationVar(&cfg.idle, "idle", 20*time.Minute, "a session expires after this long without a request; 0 for never")
@@ -130,9 +134,10 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 	}
 	defer conn.close()
 
+	log.Printf("sessions in etcd at %s under prefix %q", strings.Join(conn.client.Endpoints(), ","), cfg.prefix)
 	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix)
-	a := &app{sessions: newSessionManager(store, cfg.idle, cfg.lifetime)}
-	srv := &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	sm := exampleapp.NewSessionManager(store, cfg.idle, cfg.lifetime)
+	srv := &http.Server{Handler: exampleapp.New(sm), ReadHeaderTimeout: 10 * time.Second}
 
 	log.Printf("listening on http://%s", ln.Addr())
 	served := make(chan error, 1)
@@ -192,6 +197,11 @@ func connect(ctx context.Context, cfg config) (*etcdConn, error) {
 		}
 		conn.member = member
 		endpoints = []string{"http://" + member.Clients[0].Addr().String()}
+		abs, err := filepath.Abs(cfg.dataDir)
+		if err != nil {
+			abs = cfg.dataDir
+		}
+		log.Printf("started an embedded etcd at %s, data in %s", endpoints[0], abs)
 	}
 	client, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,

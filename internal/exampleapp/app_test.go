@@ -1,0 +1,240 @@
+package exampleapp
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/etcdstore/etcdstore"
+	"github.com/etcdstore/etcdstore/internal/etcdtest"
+)
+
+// TestMain fails the run if a test leaves a goroutine behind. The one
+// exception is the cleanup goroutine of the in-memory store scs.New
+// installs before NewSessionManager replaces it: SCS gives no race-free
+// way to stop it (memstore's StopCleanup reads a field its goroutine
+// writes).
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/alexedwards/scs/v2/memstore.(*MemStore).startCleanup"))
+}
+
+// instance is one copy of the app on a shared etcd member, behind an
+// httptest server, with its own etcd client and store.
+type instance struct {
+	url   string
+	store *etcdstore.EtcdStore
+}
+
+func startInstance(t *testing.T, srv *etcdtest.Server, prefix string, idle time.Duration, opts ...etcdstore.Option) *instance {
+	t.Helper()
+	store := etcdstore.NewWithPrefix(srv.Client(t), prefix, opts...)
+	ts := httptest.NewServer(New(NewSessionManager(store, idle, time.Hour)))
+	t.Cleanup(ts.Close)
+	return &instance{url: ts.URL, store: store}
+}
+
+// browser is an HTTP client with a cookie jar.
+type browser struct {
+	t      *testing.T
+	client *http.Client
+}
+
+func newBrowser(t *testing.T) *browser {
+	t.Helper()
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &browser{t: t, client: &http.Client{Jar: jar, Timeout: 10 * time.Second}}
+	t.Cleanup(b.client.CloseIdleConnections)
+	return b
+}
+
+// get requests base+path and returns the status and body.
+func (b *browser) get(base, path string) (int, string) {
+	b.t.Helper()
+	resp, err := b.client.Get(base + path)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// want requests base+path and checks for 200 and the body.
+func (b *browser) want(base, path, body string) {
+	b.t.Helper()
+	code, got := b.get(base, path)
+	if code != http.StatusOK || got != body {
+		b.t.Fatalf("GET %s: %d %q, want 200 %q", path, code, got, body)
+	}
+}
+
+// token returns the session cookie the browser holds for base, or "".
+func (b *browser) token(base string) string {
+	b.t.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	for _, c := range b.client.Jar.Cookies(u) {
+		if c.Name == "session" {
+			return c.Value
+		}
+	}
+	return ""
+}
+
+func found(t *testing.T, store *etcdstore.EtcdStore, token string) bool {
+	t.Helper()
+	_, ok, err := store.FindCtx(etcdtest.Context(t, 10*time.Second), token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+const hello = "Hello from a session!\n"
+
+func TestPutGet(t *testing.T) {
+	t.Parallel()
+	app := startInstance(t, etcdtest.Start(t), "sessions:", time.Hour)
+	ann, bob := newBrowser(t), newBrowser(t)
+	ann.want(app.url, "/get", "\n")
+	ann.want(app.url, "/put", "stored\n")
+	ann.want(app.url, "/get", hello)
+	bob.want(app.url, "/get", "\n")
+	if !found(t, app.store, ann.token(app.url)) {
+		t.Fatal("ann's session is not in the store")
+	}
+}
+
+// A session committed by one copy of the app is found by another on the
+// same cluster and prefix: what makes etcd a store for a fleet.
+func TestInstancesShareSessions(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	a := startInstance(t, srv, "sessions:", time.Hour)
+	b := startInstance(t, srv, "sessions:", time.Hour)
+	other := startInstance(t, srv, "other:", time.Hour)
+
+	// Cookies do not depend on the port, so one jar serves all three
+	// loopback servers.
+	ann := newBrowser(t)
+	ann.want(a.url, "/put", "stored\n")
+	ann.want(b.url, "/get", hello)
+	ann.want(b.url, "/login?name=ann", "logged in as ann\n")
+	ann.want(a.url, "/", "logged in as ann\nmessage: \"Hello from a session!\"\n\nroutes: /put /get /login?name=NAME /logout /sessions\n")
+	// Another prefix is another set of sessions.
+	ann.want(other.url, "/get", "\n")
+}
+
+func TestLoginRenewsTokenAndLogoutDestroys(t *testing.T) {
+	t.Parallel()
+	app := startInstance(t, etcdtest.Start(t), "sessions:", time.Hour)
+	ann := newBrowser(t)
+
+	ann.want(app.url, "/put", "stored\n")
+	before := ann.token(app.url)
+
+	for _, name := range []string{"", strings.Repeat("x", MaxNameLen+1)} {
+		if code, body := ann.get(app.url, "/login?name="+name); code != http.StatusBadRequest {
+			t.Fatalf("login with a %d-byte name: %d %q, want 400", len(name), code, body)
+		}
+	}
+	resp, err := ann.client.PostForm(app.url+"/login", url.Values{"name": {"ann"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /login: %s", resp.Status)
+	}
+	after := ann.token(app.url)
+	if after == "" || after == before {
+		t.Fatalf("token after login %q, before %q: want a new one", after, before)
+	}
+	if found(t, app.store, before) {
+		t.Error("the token from before the login still finds a session")
+	}
+	if !found(t, app.store, after) {
+		t.Error("the token from the login finds no session")
+	}
+	ann.want(app.url, "/get", hello) // the data survives the new token
+
+	ann.want(app.url, "/logout", "logged out\n")
+	if tok := ann.token(app.url); tok != "" {
+		t.Errorf("cookie after logout %q, want none", tok)
+	}
+	if found(t, app.store, after) {
+		t.Error("the session is still in the store after logout")
+	}
+	ann.want(app.url, "/get", "\n")
+}
+
+func TestSessionsCountsLiveSessions(t *testing.T) {
+	t.Parallel()
+	app := startInstance(t, etcdtest.Start(t), "sessions:", time.Hour)
+	ann, bob, cat := newBrowser(t), newBrowser(t), newBrowser(t)
+
+	cat.want(app.url, "/sessions", "live sessions: 0\n") // a request that changes nothing makes no session
+	ann.want(app.url, "/put", "stored\n")
+	bob.want(app.url, "/login?name=bob", "logged in as bob\n")
+	cat.want(app.url, "/sessions", "live sessions: 2\n")
+	ann.want(app.url, "/logout", "logged out\n")
+	cat.want(app.url, "/sessions", "live sessions: 1\n")
+}
+
+// SCS itself never checks a session's expiry after the store finds it:
+// the store must not return a session past its idle timeout, or the
+// visitor would find their old session (and login) again. A lease bucket
+// of a minute keeps the session's key in etcd long after the timeout, so
+// only the store's own expiry check can hide it in time.
+func TestIdleSessionExpires(t *testing.T) {
+	t.Parallel()
+	const idle = time.Second
+	app := startInstance(t, etcdtest.Start(t), "sessions:", idle, etcdstore.WithLeaseBucket(time.Minute))
+	ann := newBrowser(t)
+	ann.want(app.url, "/login?name=ann", "logged in as ann\n")
+	token := ann.token(app.url)
+
+	// Poll the store, which does not renew the session as a request
+	// would, until the idle timeout has passed.
+	deadline := time.Now().Add(10 * time.Second)
+	for found(t, app.store, token) {
+		if time.Now().After(deadline) {
+			t.Fatalf("session still found 10 s after its %v idle timeout", idle)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// A browser that still sends the expired token must start afresh.
+	// The jar may have dropped the cookie at its Max-Age, so send it by
+	// hand.
+	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, app.url+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.AddCookie(&http.Cookie{Name: "session", Value: token})
+	resp, err := ann.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.HasPrefix(string(body), "not logged in\n") {
+		t.Fatalf("GET / with the expired token: %q, want not logged in", body)
+	}
+}
