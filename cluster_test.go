@@ -388,8 +388,9 @@ func TestMemberLostForGood(t *testing.T) {
 	}
 }
 
-// TestFollowerRestartUnderLoad stops a follower and starts it again while
-// commits go on: nothing acknowledged is lost, and the restarted member
+// TestFollowerRestartUnderLoad crashes a follower and starts it again
+// while commits go on: the commits in flight through it fail, nothing
+// acknowledged is lost, and the restarted member, once it has caught up,
 // serves every session.
 func TestFollowerRestartUnderLoad(t *testing.T) {
 	t.Parallel()
@@ -404,7 +405,7 @@ func TestFollowerRestartUnderLoad(t *testing.T) {
 		waitFor(t, what, func() bool { return load.acked.Load() >= n+100 })
 	}
 	progress("100 commits before the follower stops")
-	c.Stop(follower)
+	c.Kill(follower)
 	progress("100 commits while the follower is down")
 	c.Restart(follower)
 	progress("100 commits after the follower is back")
@@ -536,51 +537,67 @@ func TestRestart(t *testing.T) {
 
 // TestLeasesRevokedUnderLoad revokes every lease, from another client, in
 // the middle of a commit stream. The revoke takes the sessions on those
-// leases with it, as it must; the store then meets leases etcd no longer
-// knows, forgets them and commits on fresh ones: every commit begun after
-// the revoke succeeds, and none of those sessions is lost.
+// leases with it, as it must; the store then meets a lease etcd no longer
+// knows, forgets it and commits on a fresh one, so that no commit fails,
+// and no session committed after the revoke is lost.
 func TestLeasesRevokedUnderLoad(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
-	// Few keys per lease, so that the store holds several leases.
-	s := NewWithPrefix(srv.Client(t), faultPrefix(t), WithMaxKeysPerLease(25))
+	s := NewWithPrefix(srv.Client(t), faultPrefix(t))
 	admin := srv.Client(t)
 
 	load := startCommitLoad(t, s, 4)
 	waitFor(t, "100 commits before the revoke", func() bool { return load.acked.Load() >= 100 })
 
+	// The leases the store attaches keys to now, all granted before the
+	// listing below, so revoked by it.
+	s.leases.mu.Lock()
+	inUse := make(map[clientv3.LeaseID]bool)
+	for _, e := range s.leases.table.entries {
+		inUse[e.id] = true
+	}
+	s.leases.mu.Unlock()
 	ctx := etcdtest.Context(t, faultWaitTimeout)
 	leases, err := admin.Leases(ctx)
 	if err != nil {
 		t.Fatalf("Leases: %v", err)
 	}
+	var revokedInUse int
 	for _, l := range leases.Leases {
 		if _, err := admin.Revoke(ctx, l.ID); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			t.Fatalf("Revoke(%x): %v", l.ID, err)
 		}
+		if inUse[l.ID] {
+			revokedInUse++
+		}
 	}
 	revoked := time.Now()
+	if revokedInUse == 0 {
+		t.Fatalf("none of the %d leases revoked was in the store's use (%v)", len(leases.Leases), inUse)
+	}
 	n := load.acked.Load()
 	waitFor(t, "100 commits after the revoke", func() bool { return load.acked.Load() >= n+100 })
 	results := load.stop()
 
+	// On one healthy member, a revoked lease is the only trouble a commit
+	// can meet, and the store gets over it within the commit.
 	rep := checkLoad(t, results)
+	if rep.failed > 0 {
+		t.Errorf("%d commits failed, want none: %s", rep.failed, rep.errSummary())
+	}
 	var after []commitResult
 	var vanished int
 	all := allSessions(t, s)
 	for _, r := range results {
 		if r.start.After(revoked) {
 			after = append(after, r)
-			if r.err != nil {
-				t.Errorf("Commit(%q), begun after the revoke: %v", r.token, r.err)
-			}
 		} else if r.err == nil && all[r.token] == nil {
 			vanished++
 		}
 	}
 	lost := lostSessions(t, s, after)
-	t.Logf("leases revoked: %d leases, %d commits acknowledged, %d failed; of those before the revoke %d went with their lease; %d commits after it, %d lost; errors: %s",
-		len(leases.Leases), rep.acked, rep.failed, vanished, len(after), len(lost), rep.errSummary())
+	t.Logf("leases revoked: %d leases (%d in the store's use), %d commits acknowledged, %d failed; of those before the revoke %d went with their lease; %d commits after it, %d lost",
+		len(leases.Leases), revokedInUse, rep.acked, rep.failed, vanished, len(after), len(lost))
 	if vanished == 0 {
 		t.Errorf("no session committed before the revoke went with its lease: the revoke missed the store's leases")
 	}

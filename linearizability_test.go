@@ -139,7 +139,7 @@ func checkLinearizable(t *testing.T, ops []porcupine.Operation) {
 	if err := porcupine.VisualizePath(registerModel, info, path); err != nil {
 		t.Logf("visualize: %v", err)
 	}
-	t.Fatalf("history of %d operations: %s, want %s (see %s)", len(ops), res, porcupine.Ok, path)
+	t.Fatalf("history of %d operations: %s, want %s (visualised in %s, kept with go test -artifacts)", len(ops), res, porcupine.Ok, path)
 }
 
 // TestLinearizableUnderLeaderLoss runs Commit, Delete and Find on three
