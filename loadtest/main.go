@@ -1,16 +1,17 @@
-// Command loadtest measures the example app under wrk, on loopback, with
-// its sessions in etcdstore and then in the naive store (one new lease
-// per commit, as github.com/alexedwards/scs/etcdstore does), and prints
-// requests per second and latency percentiles for both.
+// Command loadtest measures the example app (internal/exampleapp) under
+// wrk, on loopback, with its sessions in etcdstore and then in the naive
+// store (one new lease per commit, as github.com/alexedwards/scs/etcdstore
+// does), and prints requests per second and latency percentiles for both.
 //
 // For each store it starts a fresh embedded etcd member with fsync on, as
 // in production, serves the app with an SCS IdleTimeout so that every
-// request loads and commits its session, creates -sessions sessions, and
-// runs wrk for -warmup and then for -d with -c connections on -t threads.
-// A Lua script hands each request the cookie of one of the sessions in
-// turn. Afterwards it checks that no request failed and that the keyspace
-// holds exactly the sessions created, so every request hit an existing
-// session. It installs wrk with apt-get when it is missing.
+// request loads and commits its session, starts -sessions sessions with
+// a request each to -new, and runs wrk against -path for -warmup and then
+// for -d, with -c connections on -t threads. A Lua script hands each
+// request the cookie of one of the sessions in turn. Afterwards it checks
+// that no request failed, that every request found its session, and that
+// the keyspace holds exactly the sessions started. It installs wrk with
+// apt-get when it is missing.
 //
 // Usage:
 //
@@ -41,6 +42,7 @@ import (
 
 	"github.com/alexedwards/scs/v2"
 	"github.com/etcdstore/etcdstore"
+	"github.com/etcdstore/etcdstore/internal/exampleapp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -57,13 +59,10 @@ var (
 	threads     = flag.Int("t", 2, "wrk threads")
 	sessions    = flag.Int("sessions", 1000, "sessions the requests take turns with")
 	path        = flag.String("path", "/get", "the app path wrk requests")
-	newSession  = flag.String("new", "/put?value=loadtest", "the app path that starts a session with some data in it")
+	newSession  = flag.String("new", "/put", "the app path that starts a session with some data in it")
 	idle        = flag.Duration("idle", 20*time.Minute, "SCS IdleTimeout: with it every request commits its session")
 	lifetime    = flag.Duration("lifetime", 24*time.Hour, "SCS Lifetime")
 )
-
-// newApp returns the handler under test.
-var newApp = newStandInApp
 
 // store is one session store under test.
 type store struct {
@@ -164,10 +163,7 @@ func measure(wrk, script, dir string, s store) (result, error) {
 
 	var appErrors, aborted atomic.Int64
 	counts := &countingStore{store: s.new(client)}
-	sm := scs.New()
-	sm.Store = counts
-	sm.IdleTimeout = *idle
-	sm.Lifetime = *lifetime
+	sm := exampleapp.NewSessionManager(counts, *idle, *lifetime)
 	sm.ErrorFunc = func(w http.ResponseWriter, r *http.Request, err error) {
 		// wrk closes its connections when its time is up: the requests
 		// then in flight end with their context canceled.
@@ -185,7 +181,7 @@ func measure(wrk, script, dir string, s store) (result, error) {
 	if err != nil {
 		return r, err
 	}
-	srv := &http.Server{Handler: newApp(sm), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: exampleapp.New(sm), ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	defer func() {
