@@ -53,9 +53,9 @@ func faultData(token string) []byte {
 	return []byte("data:" + token)
 }
 
-// waitFor polls cond until it holds, failing the test if it does not
+// faultWaitFor polls cond until it holds, failing the test if it does not
 // within faultWaitTimeout.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func faultWaitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(faultWaitTimeout)
 	for !cond() {
@@ -199,8 +199,8 @@ func (r loadReport) errSummary() string {
 	return strings.Join(kinds, ", ")
 }
 
-// allSessions reads every session of s, failing the test on error.
-func allSessions(t *testing.T, s *EtcdStore) map[string][]byte {
+// faultAll reads every session of s, failing the test on error.
+func faultAll(t *testing.T, s *EtcdStore) map[string][]byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), faultWaitTimeout)
 	defer cancel()
@@ -216,7 +216,7 @@ func allSessions(t *testing.T, s *EtcdStore) map[string][]byte {
 // in one snapshot and the last acknowledged one again with Find.
 func lostSessions(t *testing.T, s *EtcdStore, results []commitResult) []string {
 	t.Helper()
-	all := allSessions(t, s)
+	all := faultAll(t, s)
 	var lost []string
 	var last string
 	for _, r := range results {
@@ -283,7 +283,7 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 	s := NewWithPrefix(c.Client(t), faultPrefix(t))
 
 	load := startCommitLoad(t, s, 8)
-	waitFor(t, "200 commits before the leader is lost", func() bool { return load.acked.Load() >= 200 })
+	faultWaitFor(t, "200 commits before the leader is lost", func() bool { return load.acked.Load() >= 200 })
 
 	leader := c.Leader()
 	lostAt := time.Now()
@@ -291,7 +291,7 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 	killTook := time.Since(lostAt)
 	probes := probeRecovery(t, s)
 	before := load.acked.Load()
-	waitFor(t, "200 more commits after the leader is lost", func() bool { return load.acked.Load() >= before+200 })
+	faultWaitFor(t, "200 more commits after the leader is lost", func() bool { return load.acked.Load() >= before+200 })
 	results := append(load.stop(), probes...)
 
 	rep := checkLoad(t, results)
@@ -340,7 +340,7 @@ func TestMemberLostForGood(t *testing.T) {
 
 			// The first commits may still meet the lost member or the
 			// election; from the first success on, every call must work.
-			waitFor(t, "a commit after the member is lost", func() bool {
+			faultWaitFor(t, "a commit after the member is lost", func() bool {
 				ctx, cancel := context.WithTimeout(context.Background(), faultCommitTimeout)
 				defer cancel()
 				return s.CommitCtx(ctx, "probe", faultData("probe"), faultExpiry()) == nil
@@ -402,7 +402,7 @@ func TestFollowerRestartUnderLoad(t *testing.T) {
 	progress := func(what string) {
 		t.Helper()
 		n := load.acked.Load()
-		waitFor(t, what, func() bool { return load.acked.Load() >= n+100 })
+		faultWaitFor(t, what, func() bool { return load.acked.Load() >= n+100 })
 	}
 	progress("100 commits before the follower stops")
 	c.Kill(follower)
@@ -547,7 +547,7 @@ func TestLeasesRevokedUnderLoad(t *testing.T) {
 	admin := srv.Client(t)
 
 	load := startCommitLoad(t, s, 4)
-	waitFor(t, "100 commits before the revoke", func() bool { return load.acked.Load() >= 100 })
+	faultWaitFor(t, "100 commits before the revoke", func() bool { return load.acked.Load() >= 100 })
 
 	// The leases the store attaches keys to now, all granted before the
 	// listing below, so revoked by it.
@@ -576,7 +576,7 @@ func TestLeasesRevokedUnderLoad(t *testing.T) {
 		t.Fatalf("none of the %d leases revoked was in the store's use (%v)", len(leases.Leases), inUse)
 	}
 	n := load.acked.Load()
-	waitFor(t, "100 commits after the revoke", func() bool { return load.acked.Load() >= n+100 })
+	faultWaitFor(t, "100 commits after the revoke", func() bool { return load.acked.Load() >= n+100 })
 	results := load.stop()
 
 	// On one healthy member, a revoked lease is the only trouble a commit
@@ -587,7 +587,7 @@ func TestLeasesRevokedUnderLoad(t *testing.T) {
 	}
 	var after []commitResult
 	var vanished int
-	all := allSessions(t, s)
+	all := faultAll(t, s)
 	for _, r := range results {
 		if r.start.After(revoked) {
 			after = append(after, r)

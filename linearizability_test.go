@@ -50,9 +50,9 @@ type regOutput struct {
 // returned by the end of the history.
 const unknownReturn = math.MaxInt64
 
-// checkTimeout bounds the linearizability check. A few hundred operations
+// linCheckTimeout bounds the linearizability check. A few hundred operations
 // on three tokens take milliseconds; a result of Unknown (timed out) fails.
-const checkTimeout = 30 * time.Second
+const linCheckTimeout = 30 * time.Second
 
 // registerModel is a register per token, absent ("") at first.
 var registerModel = porcupine.Model{
@@ -99,21 +99,21 @@ var registerModel = porcupine.Model{
 	DescribeState: func(state any) string { return fmt.Sprintf("%q", state) },
 }
 
-// history collects operations from several goroutines, timed on one
+// regHistory collects operations from several goroutines, timed on one
 // monotonic clock.
-type history struct {
+type regHistory struct {
 	start time.Time
 
 	mu  sync.Mutex // protects ops
 	ops []porcupine.Operation
 }
 
-func (h *history) now() int64 { return int64(time.Since(h.start)) }
+func (h *regHistory) now() int64 { return int64(time.Since(h.start)) }
 
 // add records an operation that was called at call and returned err. A
 // write that failed has an unknown outcome: it is kept, never returning.
 // A read that failed changed nothing and is dropped.
-func (h *history) add(client int, in regInput, out regOutput, call int64, err error) {
+func (h *regHistory) add(client int, in regInput, out regOutput, call int64, err error) {
 	ret := h.now()
 	if err != nil {
 		if in.op == regFind {
@@ -130,11 +130,11 @@ func (h *history) add(client int, in regInput, out regOutput, call int64, err er
 // visualisation of the history to the test's artifact directory if not.
 func checkLinearizable(t *testing.T, ops []porcupine.Operation) {
 	t.Helper()
-	res := porcupine.CheckOperationsTimeout(registerModel, ops, checkTimeout)
+	res := porcupine.CheckOperationsTimeout(registerModel, ops, linCheckTimeout)
 	if res == porcupine.Ok {
 		return
 	}
-	_, info := porcupine.CheckOperationsVerbose(registerModel, ops, checkTimeout)
+	_, info := porcupine.CheckOperationsVerbose(registerModel, ops, linCheckTimeout)
 	path := filepath.Join(t.ArtifactDir(), "history.html")
 	if err := porcupine.VisualizePath(registerModel, info, path); err != nil {
 		t.Logf("visualize: %v", err)
@@ -157,7 +157,7 @@ func TestLinearizableUnderLeaderLoss(t *testing.T) {
 	)
 	tokens := []string{"t0", "t1", "t2"}
 	c := etcdtest.StartCluster(t, 3)
-	h := &history{start: time.Now()}
+	h := &regHistory{start: time.Now()}
 	var (
 		done, okAfter atomic.Int64
 		killed        atomic.Bool
@@ -212,7 +212,7 @@ func TestLinearizableUnderLeaderLoss(t *testing.T) {
 		wg.Wait()
 	})
 
-	waitFor(t, "operations before the crash", func() bool { return done.Load() >= killAfter })
+	faultWaitFor(t, "operations before the crash", func() bool { return done.Load() >= killAfter })
 	c.Kill(c.Leader())
 	killed.Store(true)
 	n := done.Load()

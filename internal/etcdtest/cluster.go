@@ -50,8 +50,12 @@ const (
 // keep-alive connection whose read deadline etcd's listener re-arms),
 // which the goroutine-leak check at the end of the tests reports.
 type Cluster struct {
-	tb      testing.TB
-	Members []*Server // a member's Etcd is nil while it is stopped
+	tb testing.TB
+	// Members gives access to each member's configuration and server; a
+	// member's Etcd is nil while it is stopped. Stop and start members
+	// with the Cluster's methods, not the Server's, which know nothing of
+	// the proxies.
+	Members []*Server
 
 	clients, peers []*proxy // each member's
 }
