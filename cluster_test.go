@@ -298,8 +298,11 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 	// Recovery: from the crash to the first probe, begun after it, that
 	// succeeded.
 	var recovered time.Time
+	var probesFailed int
 	for _, r := range probes {
-		if r.err == nil && r.panicked == nil && (recovered.IsZero() || r.end.Before(recovered)) {
+		if r.err != nil || r.panicked != nil {
+			probesFailed++
+		} else if recovered.IsZero() || r.end.Before(recovered) {
 			recovered = r.end
 		}
 	}
@@ -309,8 +312,8 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 	check := NewWithPrefix(c.MemberClient(t, survivor), faultPrefix(t))
 	lost := lostSessions(t, check, results)
 
-	t.Logf("leader loss: %d commits acknowledged, %d failed, %d lost; committing again %v after the crash (stopping the member took %v); errors: %s",
-		rep.acked, rep.failed, len(lost), recovery.Round(time.Millisecond), killTook.Round(time.Millisecond), rep.errSummary())
+	t.Logf("leader loss: %d commits acknowledged, %d failed (%d of them among the %d probes), %d lost; committing again %v after the crash (stopping the member took %v); errors: %s",
+		rep.acked, rep.failed, probesFailed, len(probes), len(lost), recovery.Round(time.Millisecond), killTook.Round(time.Millisecond), rep.errSummary())
 	if len(lost) > 0 {
 		t.Errorf("%d acknowledged sessions lost, first %q", len(lost), lost[0])
 	}
