@@ -5,10 +5,13 @@ package etcdtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,15 +43,28 @@ func WithFsync() Option {
 // tb.TempDir(), and stops it when the test ends.
 func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
-	cfg := Config(tb, "default", tb.TempDir())
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	for _, opt := range opts {
-		opt(cfg)
+	dir := tb.TempDir()
+	// A port found free can be taken before etcd binds it: start again
+	// on fresh ports (the data directory is still empty).
+	for attempt := 1; ; attempt++ {
+		cfg := Config(tb, "default", dir)
+		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+		for _, opt := range opts {
+			opt(cfg)
+		}
+		e, err := StartEtcd(cfg)
+		if err == nil {
+			s := &Server{tb: tb, Cfg: cfg, Etcd: e}
+			tb.Cleanup(s.Stop)
+			return s
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || attempt == bindAttempts {
+			tb.Fatalf("etcdtest: %v", err)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			tb.Fatalf("etcdtest: %v", err)
+		}
 	}
-	s := &Server{tb: tb, Cfg: cfg}
-	s.Start()
-	tb.Cleanup(s.Stop)
-	return s
 }
 
 // Config returns the configuration of a member named name with its data
