@@ -45,6 +45,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
 	"strings"
@@ -384,12 +385,13 @@ func BenchmarkDelete(b *testing.B) {
 // range reads of the prefix that build the same map: raw-paged in pages
 // of the store's page size at one revision, as the store reads, and
 // raw-single in one unlimited Get. The calls run one at a time, the
-// three contenders in turn. peak-heap-MB is the most the process heap
-// (client and embedded server alike) grew during a call of the store
-// above its level before the call, sampled every 200 µs, after a GC;
-// <name>-peak-heap-MB the same for the baselines; result-MB is the bytes
-// of tokens and values in the result, the floor of any All. The 100k case
-// is left out of -short runs.
+// three contenders in turn. result-MB is the bytes of tokens and values
+// in the result, the floor of any All. After the timed calls, one more
+// call of each contender measures memory (see heapOf): peak-heap-MB is
+// how much the process heap, client and embedded server alike, grew at
+// most during the store's call, retained-MB how much of it the result
+// holds; <name>-peak-heap-MB and <name>-retained-MB are the baselines'.
+// The 100k case is left out of -short runs.
 func BenchmarkAll(b *testing.B) {
 	for _, n := range []int{10_000, 100_000} {
 		b.Run(strconv.Itoa(n/1000)+"k", func(b *testing.B) {
@@ -449,19 +451,19 @@ func BenchmarkAll(b *testing.B) {
 			}
 
 			samples := make([]sample, len(contenders))
-			peaks := make([]uint64, len(contenders))
 			var resultBytes uint64
+			// b.Loop runs this function once, so the sessions are
+			// committed once; the timer runs during the store's calls
+			// only.
 			b.ReportAllocs()
-			b.ResetTimer()
-			b.StopTimer()
-			for round := range b.N {
+			for round := 0; b.Loop(); round++ {
+				b.StopTimer()
 				for k := range contenders {
 					c := (round + k) % len(contenders)
 					runtime.GC()
 					var ms runtime.MemStats
 					runtime.ReadMemStats(&ms)
 					mallocs := ms.Mallocs
-					sampler := startHeapSampler()
 					if c == 0 {
 						b.StartTimer()
 					}
@@ -471,7 +473,6 @@ func BenchmarkAll(b *testing.B) {
 					if c == 0 {
 						b.StopTimer()
 					}
-					peaks[c] = max(peaks[c], sampler.stop())
 					runtime.ReadMemStats(&ms)
 					samples[c].mallocs += ms.Mallocs - mallocs
 					samples[c].n++
@@ -488,13 +489,22 @@ func BenchmarkAll(b *testing.B) {
 						}
 					}
 				}
+				b.StartTimer()
 			}
 			b.ReportMetric(float64(resultBytes)/(1<<20), "result-MB")
-			b.ReportMetric(float64(peaks[0])/(1<<20), "peak-heap-MB")
 			var baselines []contender
-			for i, c := range contenders[1:] {
-				baselines = append(baselines, contender{name: c.name})
-				b.ReportMetric(float64(peaks[i+1])/(1<<20), c.name+"-peak-heap-MB")
+			for i, c := range contenders {
+				peak, retained, err := heapOf(c.all)
+				if err != nil {
+					b.Fatalf("%s: %v", c.name, err)
+				}
+				prefix := ""
+				if i > 0 {
+					prefix = c.name + "-"
+					baselines = append(baselines, contender{name: c.name})
+				}
+				b.ReportMetric(float64(peak)/(1<<20), prefix+"peak-heap-MB")
+				b.ReportMetric(float64(retained)/(1<<20), prefix+"retained-MB")
 			}
 			reportBaselines(b, samples[0], baselines, samples[1:])
 		})
@@ -505,6 +515,28 @@ func BenchmarkAll(b *testing.B) {
 type allContender struct {
 	name string
 	all  func() (map[string][]byte, error)
+}
+
+// heapOf calls all once, untimed, with the garbage collector set to run
+// whenever the heap has grown by 10%, so that the heap's size follows the
+// memory in use rather than garbage awaiting collection. It returns the
+// most the heap grew above its size before the call, sampled every
+// 200 µs, and what it still held after the call and a collection: the
+// result.
+func heapOf(all func() (map[string][]byte, error)) (peak, retained uint64, err error) {
+	defer debug.SetGCPercent(debug.SetGCPercent(10))
+	s := []metrics.Sample{{Name: heapMetric}}
+	runtime.GC()
+	base := heapObjectBytes(s)
+	sampler := startHeapSampler()
+	m, err := all()
+	peak = sampler.stop()
+	runtime.GC()
+	if after := heapObjectBytes(s); after > base {
+		retained = after - base
+	}
+	runtime.KeepAlive(m)
+	return peak, retained, err
 }
 
 // heapSampler samples the bytes of heap objects, live or not yet swept,
