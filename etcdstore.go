@@ -236,7 +236,7 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 			}
 		}
 		if tooLarge(err) {
-			return fmt.Errorf("etcdstore: commit: %w: %d-byte key and value; raise the server's --max-request-bytes (default 1.5 MiB) or keep less in the session: %w", ErrValueTooLarge, len(key)+len(value), err)
+			return fmt.Errorf("%w: commit of a %d-byte key and value refused; raise the server's --max-request-bytes (default 1.5 MiB) or keep less in the session: %w", ErrValueTooLarge, len(key)+len(value), err)
 		}
 		return fmt.Errorf("etcdstore: commit: %w", err)
 	}

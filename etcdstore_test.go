@@ -473,6 +473,9 @@ func TestValueTooLarge(t *testing.T) {
 	if !errors.Is(err, ErrValueTooLarge) || !errors.Is(err, rpctypes.ErrRequestTooLarge) {
 		t.Fatalf("Commit of %d bytes = %v, want ErrValueTooLarge wrapping ErrRequestTooLarge", limit, err)
 	}
+	if strings.Count(err.Error(), "etcdstore:") != 1 {
+		t.Errorf("error %q repeats its prefix", err)
+	}
 	for _, want := range []string{"etcdstore: ", "--max-request-bytes", fmt.Sprint(limit + envelopeHeader + len(DefaultPrefix) + len("big"))} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
