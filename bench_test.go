@@ -382,10 +382,11 @@ func BenchmarkDelete(b *testing.B) {
 }
 
 // BenchmarkAll compares All over many live sessions of 256 B with raw
-// range reads of the prefix that build the same map: raw-paged in pages
-// of the store's page size at one revision, as the store reads, and
-// raw-single in one unlimited Get. The calls run one at a time, the
-// three contenders in turn. result-MB is the bytes of tokens and values
+// reads of the prefix that build the same map: raw-paged in pages of the
+// store's page size at one revision, as the store reads; raw-stream with
+// etcd 3.7's RangeStream (clientv3 GetStream), which sends the range in
+// chunks; and raw-single in one unlimited Get. The calls run one at a
+// time, the contenders in turn. result-MB is the bytes of tokens and values
 // in the result, the floor of any All. After the timed calls, one more
 // call of each contender measures memory (see heapOf): peak-heap-MB is
 // how much the process heap, client and embedded server alike, grew at
@@ -429,6 +430,24 @@ func BenchmarkAll(b *testing.B) {
 						}
 						from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 					}
+				}},
+				{"raw-stream", func() (map[string][]byte, error) {
+					ctx, cancel := context.WithCancel(ctx)
+					defer cancel()
+					stream, err := client.GetStream(ctx, prefix, clientv3.WithPrefix())
+					if err != nil {
+						return nil, err
+					}
+					m := make(map[string][]byte)
+					for resp := range stream {
+						if err := resp.Err(); err != nil {
+							return nil, err
+						}
+						for _, kv := range resp.Kvs {
+							m[string(kv.Key[len(prefix):])] = kv.Value
+						}
+					}
+					return m, nil
 				}},
 				{"raw-single", func() (map[string][]byte, error) {
 					resp, err := client.Get(ctx, prefix, clientv3.WithPrefix())
