@@ -62,6 +62,7 @@ var (
 	newSession  = flag.String("new", "/put", "the app path that starts a session with some data in it")
 	idle        = flag.Duration("idle", 20*time.Minute, "SCS IdleTimeout: with it every request commits its session")
 	lifetime    = flag.Duration("lifetime", 24*time.Hour, "SCS Lifetime")
+	naiveFirst  = flag.Bool("naive-first", false, "measure the naive store first, to check that the order does not favour either")
 )
 
 // store is one session store under test.
@@ -114,8 +115,12 @@ func run() error {
 		return err
 	}
 
+	order := stores
+	if *naiveFirst {
+		order = []store{stores[1], stores[0]}
+	}
 	var results []result
-	for _, s := range stores {
+	for _, s := range order {
 		dir := filepath.Join(tmp, s.name)
 		r, err := measure(wrk, script, dir, s)
 		if err != nil {
@@ -181,7 +186,24 @@ func measure(wrk, script, dir string, s store) (result, error) {
 	if err != nil {
 		return r, err
 	}
-	srv := &http.Server{Handler: exampleapp.New(sm), ReadHeaderTimeout: 10 * time.Second}
+	app := exampleapp.New(sm)
+	var inFlight atomic.Int64
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inFlight.Add(1)
+		defer inFlight.Add(-1)
+		app.ServeHTTP(w, r)
+	})
+	// settle waits until the requests wrk left behind when it stopped
+	// have ended, so that they count in no later figure.
+	settle := func() error {
+		for deadline := time.Now().Add(30 * time.Second); inFlight.Load() > 0; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%d requests still running 30s after wrk ended", inFlight.Load())
+			}
+		}
+		return nil
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	defer func() {
@@ -203,6 +225,9 @@ func measure(wrk, script, dir string, s store) (result, error) {
 	if _, err := runWrk(ctx, wrk, script, cookieFile, target, *warmup); err != nil {
 		return r, fmt.Errorf("warm-up: %w", err)
 	}
+	if err := settle(); err != nil {
+		return r, err
+	}
 	leasesBefore, err := countLeases(ctx, client)
 	if err != nil {
 		return r, err
@@ -212,6 +237,9 @@ func measure(wrk, script, dir string, s store) (result, error) {
 	counts.reset()
 	out, err := runWrk(ctx, wrk, script, cookieFile, target, *duration)
 	if err != nil {
+		return r, err
+	}
+	if err := settle(); err != nil {
 		return r, err
 	}
 	os.Stdout.Write(out)
@@ -435,7 +463,11 @@ func report(w io.Writer, results []result) {
 			float64(r.leases)*1000/float64(max(r.commits, 1)), float64(r.dbSize)/(1<<20), float64(r.dbSizeInUse)/(1<<20))
 	}
 	tw.Flush()
-	if len(results) == 2 && results[1].wrk.requestsPerSec > 0 {
-		fmt.Fprintf(w, "%s/%s throughput: %.2fx\n", results[0].store, results[1].store, results[0].wrk.requestsPerSec/results[1].wrk.requestsPerSec)
+	perSec := make(map[string]float64)
+	for _, r := range results {
+		perSec[r.store] = r.wrk.requestsPerSec
+	}
+	if perSec["naive"] > 0 {
+		fmt.Fprintf(w, "etcdstore/naive throughput: %.2fx\n", perSec["etcdstore"]/perSec["naive"])
 	}
 }
