@@ -667,9 +667,11 @@ func BenchmarkFootprint(b *testing.B) {
 // on the client: the same calls as BenchmarkCommit, BenchmarkFind and
 // BenchmarkDelete, on one goroutine, with etcd's KV and lease calls
 // answered at once from memory by stubs that allocate nothing. So ns/op
-// and allocs/op are the caller's own work, and allocs-over-raw is
-// exactly the allocations the store makes beyond the raw call with the
-// same key, value and lease option.
+// and allocs/op are the caller's own work, and allocs-over-raw-put is
+// exactly the allocations the store makes beyond the raw call given a
+// ready key and value string. The -from-token baselines are the raw call
+// as a caller holding a token and SCS's []byte data must make it, building
+// the key and converting the value.
 func BenchmarkClientOverhead(b *testing.B) {
 	kv := &stubKV{}
 	client := clientv3.NewCtxClient(context.Background())
@@ -694,23 +696,36 @@ func BenchmarkClientOverhead(b *testing.B) {
 		kv.record = false
 
 		b.Run("Commit/"+size.name, func(b *testing.B) {
-			var raw sample
+			var raw, fromToken sample
 			b.Run("raw-put", func(b *testing.B) {
 				raw = runSerial(b, func() error {
 					_, err := client.Put(ctx, key, rawValue, clientv3.WithLease(lease))
 					return err
 				})
 			})
+			b.Run("raw-put-from-token", func(b *testing.B) {
+				fromToken = runSerial(b, func() error {
+					_, err := client.Put(ctx, etcdstore.DefaultPrefix+token, string(value), clientv3.WithLease(lease))
+					return err
+				})
+			})
 			b.Run("store", func(b *testing.B) {
 				s := runSerial(b, func() error { return store.CommitCtx(ctx, token, value, expiry) })
 				reportOverhead(b, s, raw, "raw-put")
+				reportOverhead(b, s, fromToken, "raw-put-from-token")
 			})
 		})
 		b.Run("Find/"+size.name, func(b *testing.B) {
-			var raw sample
+			var raw, fromToken sample
 			b.Run("raw-get", func(b *testing.B) {
 				raw = runSerial(b, func() error {
 					_, err := client.Get(ctx, key)
+					return err
+				})
+			})
+			b.Run("raw-get-from-token", func(b *testing.B) {
+				fromToken = runSerial(b, func() error {
+					_, err := client.Get(ctx, etcdstore.DefaultPrefix+token)
 					return err
 				})
 			})
@@ -723,6 +738,7 @@ func BenchmarkClientOverhead(b *testing.B) {
 					return err
 				})
 				reportOverhead(b, s, raw, "raw-get")
+				reportOverhead(b, s, fromToken, "raw-get-from-token")
 			})
 		})
 	}
