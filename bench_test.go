@@ -2,9 +2,9 @@ package etcdstore_test
 
 // Benchmarks of the store against baselines measured in the same run.
 //
-// Each benchmark starts its own embedded etcd member on loopback, with
-// fsync on as in production, and one client of it that all goroutines
-// share, as an application shares its client.
+// Each benchmark but BenchmarkClientOverhead starts its own embedded etcd
+// member on loopback, with fsync on as in production, and one client of
+// it that all goroutines share, as an application shares its client.
 //
 // How the ratios are kept honest on a shared machine: the store and its
 // baselines (a raw etcd call; the naive store of naive_test.go) run
@@ -29,12 +29,12 @@ package etcdstore_test
 // BenchmarkClientOverhead counts the store's own allocations exactly,
 // with etcd's KV and lease calls stubbed out.
 //
-// CI runs the short set, in about a minute on two cores:
+// The short set, for CI, runs in under a minute on two cores once built:
 //
-//	go test -short -run '^$' -bench . -benchtime=100x .
+//	go test -short -run '^$' -bench . -benchtime=100x ./...
 //
 // The full set adds All over 100k sessions and the server footprint of
-// 100k commits, and takes several minutes per count:
+// 100k commits, and takes a few minutes per count:
 //
 //	go test -run '^$' -bench . -count 5 -timeout 120m .
 
