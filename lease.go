@@ -189,7 +189,10 @@ func (m *leaseManager) acquire(ctx context.Context, now, expiry time.Time) (clie
 	for range shareAttempts {
 		m.mu.Lock()
 		id, ok := m.table.take(b, m.maxKeys)
-		prev := m.table.current(b)
+		var prev clientv3.LeaseID
+		if !ok {
+			prev = m.table.current(b)
+		}
 		m.mu.Unlock()
 		if ok {
 			return id, nil
