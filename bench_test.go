@@ -7,7 +7,7 @@ package etcdstore_test
 // it that all goroutines share, as an application shares its client.
 //
 // How the ratios are kept honest on a shared machine: the store and its
-// baselines (a raw etcd call; the naive store of naive_test.go) run
+// baselines (a raw etcd call; the naive store of internal/naive) run
 // interleaved, on the same server, client, keys and values. A round runs
 // a chunk of chunkOps operations of each contender on benchGoroutines
 // goroutines, starting with a different contender each round, and rounds
@@ -55,6 +55,7 @@ import (
 
 	"github.com/etcdstore/etcdstore"
 	"github.com/etcdstore/etcdstore/internal/etcdtest"
+	"github.com/etcdstore/etcdstore/internal/naive"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -287,7 +288,7 @@ func BenchmarkCommit(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			naive := &naiveStore{client: client, prefix: etcdstore.DefaultPrefix}
+			naive := &naive.Store{Client: client, Prefix: etcdstore.DefaultPrefix}
 			store := etcdstore.New(client)
 
 			storeOp := contender{"store", func(i int) error {
@@ -624,7 +625,7 @@ func BenchmarkFootprint(b *testing.B) {
 		commit func(*clientv3.Client) func(ctx context.Context, token string, b []byte, expiry time.Time) error
 	}{
 		{"naive", func(c *clientv3.Client) func(context.Context, string, []byte, time.Time) error {
-			return (&naiveStore{client: c, prefix: etcdstore.DefaultPrefix}).CommitCtx
+			return (&naive.Store{Client: c, Prefix: etcdstore.DefaultPrefix}).CommitCtx
 		}},
 		{"store", func(c *clientv3.Client) func(context.Context, string, []byte, time.Time) error {
 			return etcdstore.New(c).CommitCtx

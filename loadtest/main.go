@@ -43,6 +43,7 @@ import (
 	"github.com/alexedwards/scs/v2"
 	"github.com/etcdstore/etcdstore"
 	"github.com/etcdstore/etcdstore/internal/exampleapp"
+	"github.com/etcdstore/etcdstore/internal/naive"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -73,7 +74,7 @@ type store struct {
 
 var stores = []store{
 	{"etcdstore", func(c *clientv3.Client) scs.CtxStore { return etcdstore.New(c) }},
-	{"naive", func(c *clientv3.Client) scs.CtxStore { return &naiveStore{client: c, prefix: etcdstore.DefaultPrefix} }},
+	{"naive", func(c *clientv3.Client) scs.CtxStore { return &naive.Store{Client: c, Prefix: etcdstore.DefaultPrefix} }},
 }
 
 // result is what one measured run gave.
