@@ -34,7 +34,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -43,6 +42,7 @@ import (
 	"time"
 
 	"github.com/etcdstore/etcdstore"
+	"github.com/etcdstore/etcdstore/internal/embedetcd"
 	"github.com/etcdstore/etcdstore/internal/exampleapp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -191,7 +191,7 @@ func connect(ctx context.Context, cfg config) (*etcdConn, error) {
 	conn := &etcdConn{}
 	endpoints := cfg.endpoints
 	if len(endpoints) == 0 {
-		member, err := startEtcd(cfg.dataDir)
+		member, err := embedetcd.Start(embedetcd.Local("default", cfg.dataDir), etcdTimeout)
 		if err != nil {
 			return nil, err
 		}
@@ -224,36 +224,4 @@ func connect(ctx context.Context, cfg config) (*etcdConn, error) {
 		return nil, fmt.Errorf("etcd at %v: %w", endpoints, err)
 	}
 	return conn, nil
-}
-
-// startEtcd starts a single-member etcd with its data in dir, on loopback
-// ports the system picks, and waits until it serves. Its data is synced
-// to disk as in production, so sessions outlive the process.
-func startEtcd(dir string) (*embed.Etcd, error) {
-	cfg := embed.NewConfig()
-	cfg.Dir = dir
-	// Quiet: etcd logs its listeners' closing as errors. A fatal error
-	// still reaches the app through e.Err().
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	// Port 0: the member serves clients on the listener's address
-	// (e.Clients[0].Addr()); with one member no peer ever dials it.
-	local := []url.URL{{Scheme: "http", Host: "127.0.0.1:0"}}
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = local, local
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = local, local
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("start etcd in %s: %w", dir, err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-		return e, nil
-	case err := <-e.Err():
-		e.Close()
-		return nil, fmt.Errorf("etcd in %s: %w", dir, err)
-	case <-time.After(etcdTimeout):
-		e.Close()
-		return nil, fmt.Errorf("etcd in %s not ready after %v", dir, etcdTimeout)
-	}
 }

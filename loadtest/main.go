@@ -30,7 +30,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,10 +41,10 @@ import (
 
 	"github.com/alexedwards/scs/v2"
 	"github.com/etcdstore/etcdstore"
+	"github.com/etcdstore/etcdstore/internal/embedetcd"
 	"github.com/etcdstore/etcdstore/internal/exampleapp"
 	"github.com/etcdstore/etcdstore/internal/naive"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 )
@@ -152,7 +151,7 @@ func measure(wrk, script, dir string, s store) (result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), *warmup+*duration+5*time.Minute)
 	defer cancel()
 
-	e, err := startEtcd(dir)
+	e, err := embedetcd.Start(embedetcd.Local("loadtest", dir), 30*time.Second)
 	if err != nil {
 		return r, err
 	}
@@ -266,41 +265,6 @@ func measure(wrk, script, dir string, s store) (result, error) {
 	}
 	r.dbSize, r.dbSizeInUse = st.DbSize, st.DbSizeInUse
 	return r, nil
-}
-
-// startEtcd starts a single etcd member on free loopback ports, with its
-// data in dir, fsync on and no logging, and waits until it serves.
-func startEtcd(dir string) (*embed.Etcd, error) {
-	cfg := embed.NewConfig()
-	cfg.Name = "loadtest"
-	cfg.Dir = dir
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	var urls [2]url.URL
-	for i := range urls {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		urls[i] = url.URL{Scheme: "http", Host: l.Addr().String()}
-		l.Close()
-	}
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = urls[:1], urls[:1]
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = urls[1:], urls[1:]
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("start etcd: %w", err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-		return e, nil
-	case err := <-e.Err():
-		e.Close()
-		return nil, fmt.Errorf("etcd failed: %w", err)
-	case <-time.After(30 * time.Second):
-		e.Close()
-		return nil, errors.New("etcd not ready after 30s")
-	}
 }
 
 // newSessions makes n requests to target without a cookie and returns the

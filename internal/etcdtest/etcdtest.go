@@ -6,7 +6,6 @@ package etcdtest
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -17,6 +16,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/etcdstore/etcdstore/internal/embedetcd"
 	"go.uber.org/zap"
 )
 
@@ -111,20 +112,7 @@ func (s *Server) Start() {
 
 // StartEtcd starts a member and waits until it is ready, or fails.
 func StartEtcd(cfg *embed.Config) (*embed.Etcd, error) {
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("start etcd %s: %w", cfg.Name, err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-		return e, nil
-	case err := <-e.Err():
-		e.Close()
-		return nil, fmt.Errorf("etcd %s failed: %w", cfg.Name, err)
-	case <-time.After(startTimeout):
-		e.Close()
-		return nil, fmt.Errorf("etcd %s not ready after %v", cfg.Name, startTimeout)
-	}
+	return embedetcd.Start(cfg, startTimeout)
 }
 
 // Stop stops the member; its data stays for a later Start.
