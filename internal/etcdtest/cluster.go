@@ -143,17 +143,6 @@ func (c *Cluster) start(i int) error {
 	}
 }
 
-// freeLoopbackURL returns an http URL on a loopback port that was free a
-// moment ago.
-func freeLoopbackURL() (url.URL, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return url.URL{}, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return url.URL{Scheme: "http", Host: l.Addr().String()}, nil
-}
-
 // Endpoints returns the client URLs of every member, running or not, as an
 // application would list them.
 func (c *Cluster) Endpoints() []string {

@@ -6,6 +6,7 @@ package etcdtest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -78,7 +79,7 @@ func Config(tb testing.TB, name, dir string) *embed.Config {
 	cfg.Dir = dir
 	cfg.UnsafeNoFsync = true
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	client, peer := FreeURL(tb), FreeURL(tb)
+	client, peer := freeURL(tb), freeURL(tb)
 	cfg.ListenClientUrls = []url.URL{client}
 	cfg.AdvertiseClientUrls = []url.URL{client}
 	cfg.ListenPeerUrls = []url.URL{peer}
@@ -87,16 +88,26 @@ func Config(tb testing.TB, name, dir string) *embed.Config {
 	return cfg
 }
 
-// FreeURL returns an http URL on a loopback port that was free a moment
-// ago.
-func FreeURL(tb testing.TB) url.URL {
+// freeURL returns an http URL on a loopback port that was free a moment
+// ago, or fails the test.
+func freeURL(tb testing.TB) url.URL {
 	tb.Helper()
+	u, err := freeLoopbackURL()
+	if err != nil {
+		tb.Fatalf("etcdtest: %v", err)
+	}
+	return u
+}
+
+// freeLoopbackURL returns an http URL on a loopback port that was free a
+// moment ago.
+func freeLoopbackURL() (url.URL, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		tb.Fatalf("etcdtest: find a free port: %v", err)
+		return url.URL{}, fmt.Errorf("find a free port: %w", err)
 	}
 	defer l.Close()
-	return url.URL{Scheme: "http", Host: l.Addr().String()}
+	return url.URL{Scheme: "http", Host: l.Addr().String()}, nil
 }
 
 // Start starts the member (again, after Stop, on the same data directory
