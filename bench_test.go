@@ -56,6 +56,7 @@ import (
 	"github.com/etcdstore/etcdstore"
 	"github.com/etcdstore/etcdstore/internal/etcdtest"
 	"github.com/etcdstore/etcdstore/internal/naive"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -674,7 +675,7 @@ func BenchmarkFootprint(b *testing.B) {
 // as a caller holding a token and SCS's []byte data must make it, building
 // the key and converting the value.
 func BenchmarkClientOverhead(b *testing.B) {
-	kv := &stubKV{}
+	kv := newStubKV()
 	client := clientv3.NewCtxClient(context.Background())
 	b.Cleanup(func() { client.Close() })
 	client.KV = kv
@@ -775,16 +776,44 @@ func runSerial(b *testing.B, op func() error) sample {
 	return sample{n: b.N, elapsed: b.Elapsed(), mallocs: after.Mallocs - before.Mallocs}
 }
 
-// stubKV answers Put, Get and Delete at once with fixed responses and
-// allocates nothing per call. Get answers with the key and value of the
-// last Put made while record is set. The other KV methods are not
-// implemented.
+// stubKV answers Put, Get, Delete and Txn at once with fixed responses
+// and allocates nothing per call. Get answers with the key and value of
+// the last Put made while record is set; every Txn succeeds. The other KV
+// methods are not implemented.
 type stubKV struct {
 	clientv3.KV
 	record bool
 	put    clientv3.PutResponse
 	get    clientv3.GetResponse
 	del    clientv3.DeleteResponse
+	txn    stubTxn
+}
+
+// newStubKV returns a stubKV whose responses carry a header, as etcd's
+// always do.
+func newStubKV() *stubKV {
+	h := &etcdserverpb.ResponseHeader{}
+	s := &stubKV{}
+	s.put.Header, s.get.Header, s.del.Header, s.txn.resp.Header = h, h, h, h
+	return s
+}
+
+func (s *stubKV) Txn(context.Context) clientv3.Txn { return &s.txn }
+
+// stubTxn is a Txn whose compares always hold.
+type stubTxn struct {
+	resp clientv3.TxnResponse
+}
+
+func (t *stubTxn) If(...clientv3.Cmp) clientv3.Txn { return t }
+
+func (t *stubTxn) Then(...clientv3.Op) clientv3.Txn { return t }
+
+func (t *stubTxn) Else(...clientv3.Op) clientv3.Txn { return t }
+
+func (t *stubTxn) Commit() (*clientv3.TxnResponse, error) {
+	t.resp.Succeeded = true
+	return &t.resp, nil
 }
 
 func (s *stubKV) Put(_ context.Context, key, val string, _ ...clientv3.OpOption) (*clientv3.PutResponse, error) {

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"reflect"
 	"time"
 
+	"github.com/alexedwards/scs/v2"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
@@ -41,6 +43,11 @@ var latestExpiry = time.Unix(0, math.MaxInt64)
 // session is never returned after it expires, however late etcd removes
 // its key.
 //
+// A session deleted while requests that loaded it are in flight stays
+// deleted: the store remembers the tokens it has seen stored and writes
+// them again only while their keys exist (see Remembered tokens in the
+// package documentation).
+//
 // An EtcdStore is safe for concurrent use by multiple goroutines, and by
 // several processes on the same etcd cluster and prefix.
 type EtcdStore struct {
@@ -49,6 +56,9 @@ type EtcdStore struct {
 	end      string // range end of prefix
 	pageSize int64
 	leases   *leaseManager
+	memory   *memory
+	touch    time.Duration // WithTouchInterval, or 0
+	codec    scs.Codec
 	now      func() time.Time // time.Now; overridden in tests
 
 	// afterPage, if set, runs after All reads each page but the last; tests
@@ -61,10 +71,13 @@ type EtcdStore struct {
 type Option func(*options)
 
 type options struct {
-	bucket    time.Duration
-	maxBucket time.Duration
-	maxKeys   int
-	pageSize  int
+	bucket     time.Duration
+	maxBucket  time.Duration
+	maxKeys    int
+	pageSize   int
+	touch      time.Duration
+	codec      scs.Codec
+	remembered int
 }
 
 // WithLeaseBucket fixes the width of the time buckets whose sessions share
@@ -92,6 +105,49 @@ func WithMaxKeysPerLease(n int) Option {
 // request. Zero or negative means the default, 1000.
 func WithPageSize(n int) Option {
 	return func(o *options) { o.pageSize = n }
+}
+
+// WithTouchInterval makes a commit that only pushes a session's expiry
+// back by less than d write nothing: when the session's data is what the
+// store last read or wrote for its token (as the codec decodes it; see
+// WithCodec) and the commit's expiry is no earlier than the stored one
+// and less than d later, the stored session stands as it is. Changed data
+// is always written at once, and so is a session whose stored expiry has
+// passed.
+//
+// With SCS's IdleTimeout every request commits its session, changed or
+// not (scs v2.9.0 data.go, Load), and each commit is an etcd raft write.
+// With d = IdleTimeout/2, an unchanged session is written about once per
+// d instead, and a session idle for IdleTimeout expires between
+// IdleTimeout - d and IdleTimeout after its last request: up to d
+// earlier than SCS computed, never later. Keep d well below IdleTimeout;
+// with d >= IdleTimeout a session in steady use would expire a fixed time
+// after its last write.
+//
+// Zero or negative, the default, writes on every commit.
+func WithTouchInterval(d time.Duration) Option {
+	return func(o *options) { o.touch = d }
+}
+
+// WithCodec sets the codec that the session manager encodes sessions
+// with, which WithTouchInterval uses to tell whether a commit changes a
+// session: SCS's GobCodec writes a session's values in random map order,
+// so equal sessions often encode to different bytes. Data the codec
+// cannot decode is always written. The codec must be safe for concurrent
+// use, as SCS requires of it already. nil means the default,
+// scs.GobCodec{}, SCS's default.
+func WithCodec(c scs.Codec) Option {
+	return func(o *options) { o.codec = c }
+}
+
+// WithRememberedTokens sets how many tokens the store remembers (see
+// Remembered tokens in the package documentation); past it, the least
+// recently used are forgotten. Each costs about 200 bytes, plus with
+// WithTouchInterval the session's data and, once compared, its decoded
+// values (see README.md, Performance, for measured figures). Zero or
+// negative means the default, 100,000.
+func WithRememberedTokens(n int) Option {
+	return func(o *options) { o.remembered = n }
 }
 
 // New returns a store that keeps sessions in etcd through client, under
@@ -126,6 +182,15 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 	if o.pageSize <= 0 {
 		o.pageSize = defaultPageSize
 	}
+	if o.codec == nil {
+		o.codec = scs.GobCodec{}
+	}
+	if o.remembered <= 0 {
+		o.remembered = defaultRememberedTokens
+	}
+	if o.touch < 0 {
+		o.touch = 0
+	}
 	return &EtcdStore{
 		client:   client,
 		prefix:   prefix,
@@ -137,7 +202,10 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 			maxWidth: o.maxBucket,
 			maxKeys:  o.maxKeys,
 		},
-		now: time.Now,
+		memory: newMemory(o.remembered),
+		touch:  o.touch,
+		codec:  o.codec,
+		now:    time.Now,
 	}
 }
 
@@ -164,27 +232,39 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) ([]byte, bool, er
 	if err != nil {
 		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
 	}
+	rev := resp.Header.Revision
 	if len(resp.Kvs) == 0 {
+		s.memory.sawGone(token, rev)
 		return nil, false, nil
 	}
-	data, live, err := open(resp.Kvs[0].Value, s.now())
-	if err != nil || !live {
+	data, expiry, live, err := open(resp.Kvs[0].Value, s.now())
+	if err != nil {
 		return nil, false, err
 	}
+	if !live {
+		s.memory.sawGone(token, rev)
+		return nil, false, nil
+	}
+	seen := sighting{rev: rev, live: true, expiry: expiry}
+	if s.touch > 0 {
+		seen.data, seen.hasData = string(data), true
+	}
+	s.memory.saw(token, seen)
 	return data, true, nil
 }
 
 // open decodes a stored value and reports whether it is live at now. A
-// legacy value (no envelope) is live for as long as etcd keeps it.
-func open(value []byte, now time.Time) (data []byte, live bool, err error) {
+// legacy value (no envelope) has a zero expiry and is live for as long as
+// etcd keeps it.
+func open(value []byte, now time.Time) (data []byte, expiry time.Time, live bool, err error) {
 	expiry, hasExpiry, data, err := decodeEnvelope(value)
 	if err != nil {
-		return nil, false, fmt.Errorf("etcdstore: corrupt session value: %w", err)
+		return nil, time.Time{}, false, fmt.Errorf("etcdstore: corrupt session value: %w", err)
 	}
 	if hasExpiry && !now.Before(expiry) {
-		return nil, false, nil
+		return nil, time.Time{}, false, nil
 	}
-	return data, true, nil
+	return data, expiry, true, nil
 }
 
 // Commit writes a session, as CommitCtx does with context.Background().
@@ -194,7 +274,17 @@ func (s *EtcdStore) Commit(token string, b []byte, expiry time.Time) error {
 
 // CommitCtx writes the data b of session token, to expire at expiry,
 // replacing any earlier data and expiry. An expiry at or before now
-// deletes the session instead. It returns an error, and writes nothing,
+// deletes the session instead.
+//
+// A token the store has seen stored (Find or All found it, or this store
+// wrote it) is written only while its key still exists: if the session
+// was deleted since, by any store, CommitCtx writes nothing and returns
+// nil, so a request in flight cannot undo a logout; the user's next
+// request starts a new session. With WithTouchInterval, a commit that
+// changes nothing but pushes the expiry back by less than the interval
+// writes nothing either.
+//
+// It returns an error, and writes nothing,
 // when token is empty or longer than MaxTokenLen, when expiry is after
 // the year 2262, when etcd refuses the value for its size (wrapping
 // ErrValueTooLarge), or when the etcd requests fail.
@@ -217,6 +307,11 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 		return fmt.Errorf("etcdstore: commit: %w", err)
 	}
 	key := keyFor(s.prefix, token)
+	seen, known := s.memory.get(token)
+	if known && s.touch > 0 && seen.live && seen.hasData &&
+		touchable(now, seen.expiry, expiry, s.touch) && s.unchanged(token, seen, b) {
+		return nil
+	}
 	value := encodeEnvelope(expiry, b)
 	// One retry: a lease etcd no longer knows is forgotten, and the second
 	// attempt gets a fresh one.
@@ -225,8 +320,19 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 		if err != nil {
 			return fmt.Errorf("etcdstore: commit: %w", err)
 		}
-		_, err = s.client.Put(ctx, key, value, clientv3.WithLease(id))
+		rev, written, err := s.put(ctx, key, value, id, known)
 		if err == nil {
+			if !written {
+				// Deleted since this store saw it stored: a logout
+				// elsewhere, which this request must not undo.
+				s.memory.sawGone(token, rev)
+				return nil
+			}
+			wrote := sighting{rev: rev, live: true, expiry: expiry}
+			if s.touch > 0 {
+				wrote.data, wrote.hasData = value[envelopeHeader:], true
+			}
+			s.memory.saw(token, wrote)
 			return nil
 		}
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -240,6 +346,50 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 		}
 		return fmt.Errorf("etcdstore: commit: %w", err)
 	}
+}
+
+// put writes value at key on lease id and returns the revision of the
+// write. guarded, it writes only while the key exists, in one Txn (one
+// raft write, as a Put is), and reports written false when it did not.
+func (s *EtcdStore) put(ctx context.Context, key, value string, id clientv3.LeaseID, guarded bool) (rev int64, written bool, err error) {
+	if !guarded {
+		resp, err := s.client.Put(ctx, key, value, clientv3.WithLease(id))
+		if err != nil {
+			return 0, false, err
+		}
+		return resp.Header.Revision, true, nil
+	}
+	resp, err := s.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.Version(key), ">", 0)).
+		Then(clientv3.OpPut(key, value, clientv3.WithLease(id))).
+		Commit()
+	if err != nil {
+		return 0, false, err
+	}
+	return resp.Header.Revision, resp.Succeeded, nil
+}
+
+// unchanged reports whether b holds the session that seen.data holds: the
+// same bytes, or the same deadline and values as the codec decodes them.
+// Data the codec cannot decode counts as changed.
+func (s *EtcdStore) unchanged(token string, seen sighting, b []byte) bool {
+	if string(b) == seen.data {
+		return true
+	}
+	deadline, values, err := s.codec.Decode(b)
+	if err != nil {
+		return false
+	}
+	stored := seen.decoded
+	if stored == nil {
+		d, v, err := s.codec.Decode([]byte(seen.data))
+		if err != nil {
+			return false
+		}
+		stored = &decodedSession{deadline: d, values: v}
+		s.memory.setDecoded(token, seen.rev, stored)
+	}
+	return deadline.Equal(stored.deadline) && reflect.DeepEqual(values, stored.values)
 }
 
 // clientErr returns an error once the client is closed. Without it, each
@@ -266,8 +416,9 @@ func (s *EtcdStore) Delete(token string) error {
 	return s.DeleteCtx(context.Background(), token)
 }
 
-// DeleteCtx removes the session token. Removing a session that does not
-// exist, or a token no session can have (empty, or longer than
+// DeleteCtx removes the session token; a commit of it in flight on any
+// store, for a request that loaded it before, will not write it again.
+// Removing a session that does not exist, or a token no session can have (empty, or longer than
 // MaxTokenLen, for which no request is made), returns nil. Errors are
 // those of the etcd request.
 func (s *EtcdStore) DeleteCtx(ctx context.Context, token string) error {
@@ -281,9 +432,11 @@ func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
 	if err := s.clientErr(); err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
-	if _, err := s.client.Delete(ctx, keyFor(s.prefix, token)); err != nil {
+	resp, err := s.client.Delete(ctx, keyFor(s.prefix, token))
+	if err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
+	s.memory.sawGone(token, resp.Header.Revision)
 	return nil
 }
 
@@ -334,12 +487,16 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			data, live, err := open(kv.Value, now)
+			data, expiry, live, err := open(kv.Value, now)
 			if err != nil {
 				return nil, fmt.Errorf("%w (key %q)", err, kv.Key)
 			}
 			if live {
-				sessions[tokenFor(s.prefix, kv.Key)] = data
+				token := tokenFor(s.prefix, kv.Key)
+				sessions[token] = data
+				// Remembered so that SCS's Iterate, whose callback may
+				// commit it, cannot bring it back after a delete.
+				s.memory.saw(token, sighting{rev: rev, live: true, expiry: expiry})
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {

@@ -21,6 +21,10 @@ import (
 // atomically, even while the etcd leader is lost. Several stores, each
 // with its own client, run Commit, Delete and Find on a few tokens; the
 // history is checked against a register per token with porcupine.
+//
+// A commit of a token its store has seen stored is guarded: it writes
+// only while the session exists, so that it cannot bring back a deleted
+// one (memory.go). The model knows which commits were guarded.
 
 // regOp is what an operation on a session register did.
 type regOp byte
@@ -32,11 +36,13 @@ const (
 )
 
 // regInput is an operation's call: its kind, the token, and for a commit
-// the value written (unique in the history).
+// the value written (unique in the history) and whether the commit was
+// guarded.
 type regInput struct {
-	op    regOp
-	token string
-	value string
+	op      regOp
+	token   string
+	value   string
+	guarded bool
 }
 
 // regOutput is a find's result: the value read, "" when not found.
@@ -78,6 +84,9 @@ var registerModel = porcupine.Model{
 		in := input.(regInput)
 		switch in.op {
 		case regCommit:
+			if in.guarded && state.(string) == "" {
+				return true, state
+			}
 			return true, in.value
 		case regDelete:
 			return true, ""
@@ -89,6 +98,9 @@ var registerModel = porcupine.Model{
 		in := input.(regInput)
 		switch in.op {
 		case regCommit:
+			if in.guarded {
+				return fmt.Sprintf("guarded commit(%s, %q)", in.token, in.value)
+			}
 			return fmt.Sprintf("commit(%s, %q)", in.token, in.value)
 		case regDelete:
 			return fmt.Sprintf("delete(%s)", in.token)
@@ -184,6 +196,9 @@ func TestLinearizableUnderLeaderLoss(t *testing.T) {
 				switch p := rng.IntN(100); {
 				case p < 40:
 					in.op, in.value = regCommit, fmt.Sprintf("c%d-%d", id, n)
+					// This goroutine alone uses s, so what s remembers
+					// now is what the commit sees.
+					_, in.guarded = s.memory.get(in.token)
 					err = s.CommitCtx(ctx, in.token, []byte(in.value), faultExpiry())
 				case p < 55:
 					in.op = regDelete
@@ -244,6 +259,9 @@ func TestRegisterModel(t *testing.T) {
 	commit := func(v string, call, ret int64) porcupine.Operation {
 		return porcupine.Operation{Input: regInput{op: regCommit, token: "t", value: v}, Call: call, Return: ret}
 	}
+	guarded := func(v string, call, ret int64) porcupine.Operation {
+		return porcupine.Operation{Input: regInput{op: regCommit, token: "t", value: v, guarded: true}, Call: call, Return: ret}
+	}
 	del := func(call, ret int64) porcupine.Operation {
 		return porcupine.Operation{Input: regInput{op: regDelete, token: "t"}, Call: call, Return: ret}
 	}
@@ -265,6 +283,11 @@ func TestRegisterModel(t *testing.T) {
 		{"unknown write takes effect late", []porcupine.Operation{commit("x", 0, unknownReturn), find("", 10, 20), find("x", 30, 40)}, porcupine.Ok},
 		{"unknown write never takes effect", []porcupine.Operation{commit("x", 0, unknownReturn), find("", 10, 20), find("", 30, 40)}, porcupine.Ok},
 		{"unknown write undone", []porcupine.Operation{commit("x", 0, unknownReturn), find("x", 10, 20), find("", 30, 40)}, porcupine.Illegal},
+		{"guarded commit of a live session", []porcupine.Operation{commit("a", 0, 10), guarded("b", 20, 30), find("b", 40, 50)}, porcupine.Ok},
+		{"guarded commit after delete", []porcupine.Operation{commit("a", 0, 10), del(20, 30), guarded("b", 40, 50), find("", 60, 70)}, porcupine.Ok},
+		{"guarded commit brings a session back", []porcupine.Operation{commit("a", 0, 10), del(20, 30), guarded("b", 40, 50), find("b", 60, 70)}, porcupine.Illegal},
+		{"guarded commit concurrent with delete", []porcupine.Operation{commit("a", 0, 10), del(20, 40), guarded("b", 30, 50), find("", 60, 70)}, porcupine.Ok},
+		{"guarded commit outlives a concurrent delete", []porcupine.Operation{commit("a", 0, 10), del(20, 40), guarded("b", 30, 50), find("b", 60, 70)}, porcupine.Illegal},
 		{"unknown write seen before its call", []porcupine.Operation{find("x", 0, 10), commit("x", 20, unknownReturn)}, porcupine.Illegal},
 	} {
 		if got := porcupine.CheckOperationsTimeout(registerModel, tc.ops, 10*time.Second); got != tc.want {

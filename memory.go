@@ -1,0 +1,166 @@
+package etcdstore
+
+import (
+	"container/list"
+	"sync"
+	"time"
+)
+
+// What the store remembers of each token.
+//
+// SCS forgets nothing between a request's Find and its Commit, but a
+// store that forgets must write blindly. So the store remembers, per
+// process, what it last saw of each token in etcd: whether the session
+// was stored, at which revision, and, with WithTouchInterval, its expiry
+// and data. Two things follow.
+//
+// No resurrection: a Commit of a remembered token writes only while the
+// key still exists (a Txn that compares its version with 0), so a session
+// deleted by any store while a request that loaded it was in flight stays
+// deleted. A token the store does not remember (a new session, a renewed
+// token, or one forgotten past the bound) is written with a plain Put.
+//
+// Touch coalescing: a Commit whose data is what the store last saw stored
+// and whose expiry is less than the touch interval later than the stored
+// one writes nothing (see touchable).
+//
+// Sightings are ordered by etcd revision: a sighting older than the one
+// remembered (a slow Find that read before a later Commit of this
+// process) changes nothing, so the memory never goes back in time.
+//
+// The memory is bounded by a count of tokens and forgets the least
+// recently used first.
+
+// defaultRememberedTokens is how many tokens the store remembers by
+// default.
+const defaultRememberedTokens = 100_000
+
+// sighting is what the store last saw of a token in etcd.
+type sighting struct {
+	rev    int64     // the etcd revision it was seen at
+	live   bool      // the session was stored; false once seen deleted
+	expiry time.Time // the stored expiry; zero if unknown or legacy
+	// data is the stored data, kept with WithTouchInterval only; hasData
+	// tells an empty session from an unknown one.
+	data    string
+	hasData bool
+	// decoded is data as the codec decodes it, filled in on first use.
+	decoded *decodedSession
+}
+
+// decodedSession is session data as scs.Codec.Decode returns it.
+type decodedSession struct {
+	deadline time.Time
+	values   map[string]any
+}
+
+// memoryEntry is one remembered token, the Value of its list element.
+type memoryEntry struct {
+	token string
+	sighting
+}
+
+// memory is a bounded, least-recently-used map from token to sighting.
+// It does no I/O and is safe for concurrent use by multiple goroutines.
+type memory struct {
+	max int
+
+	mu     sync.Mutex               // protects byKey and recent
+	byKey  map[string]*list.Element // token -> element of recent
+	recent list.List                // of *memoryEntry, most recent first
+}
+
+func newMemory(max int) *memory {
+	return &memory{max: max, byKey: make(map[string]*list.Element)}
+}
+
+// get returns what the store last saw of token and whether it remembers
+// the token at all. The sighting is a copy: the caller may read it
+// without the lock.
+func (m *memory) get(token string) (sighting, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	el, ok := m.byKey[token]
+	if !ok {
+		return sighting{}, false
+	}
+	m.recent.MoveToFront(el)
+	return el.Value.(*memoryEntry).sighting, true
+}
+
+// saw records a sighting of token, unless the store remembers a later
+// one, or one of the same revision that holds the data this one lacks. A
+// sighting of the data already remembered keeps its decoded form.
+func (m *memory) saw(token string, s sighting) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	el, ok := m.byKey[token]
+	if !ok {
+		m.byKey[token] = m.recent.PushFront(&memoryEntry{token: token, sighting: s})
+		m.evictLocked()
+		return
+	}
+	m.recent.MoveToFront(el)
+	e := el.Value.(*memoryEntry)
+	if s.rev < e.rev || (s.rev == e.rev && e.hasData && !s.hasData) {
+		return
+	}
+	if s.decoded == nil && s.hasData && e.hasData && s.data == e.data {
+		s.decoded = e.decoded
+	}
+	e.sighting = s
+}
+
+// sawGone records that token's session was not stored at revision rev,
+// if the store remembers the token; it does not add tokens, since only a
+// token once seen stored needs guarding.
+func (m *memory) sawGone(token string, rev int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	el, ok := m.byKey[token]
+	if !ok {
+		return
+	}
+	e := el.Value.(*memoryEntry)
+	if rev >= e.rev {
+		e.sighting = sighting{rev: rev}
+	}
+}
+
+// setDecoded keeps the decoded form of token's data as seen at rev, if
+// that is still the sighting remembered.
+func (m *memory) setDecoded(token string, rev int64, d *decodedSession) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if el, ok := m.byKey[token]; ok {
+		if e := el.Value.(*memoryEntry); e.rev == rev && e.hasData {
+			e.decoded = d
+		}
+	}
+}
+
+// len returns how many tokens the store remembers.
+func (m *memory) len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.byKey)
+}
+
+// evictLocked forgets the least recently used tokens past the bound.
+// m.mu must be held.
+func (m *memory) evictLocked() {
+	for len(m.byKey) > m.max {
+		el := m.recent.Back()
+		m.recent.Remove(el)
+		delete(m.byKey, el.Value.(*memoryEntry).token)
+	}
+}
+
+// touchable reports whether a commit of unchanged data, to expire at
+// expiry, may leave the stored session, which expires at stored, as it
+// is: when the stored expiry has not passed at now, and the new expiry is
+// no earlier than it and less than d later. The session then expires up
+// to d earlier than the commit asked, never later. d <= 0 means never.
+func touchable(now, stored, expiry time.Time, d time.Duration) bool {
+	return d > 0 && stored.After(now) && !expiry.Before(stored) && expiry.Sub(stored) < d
+}

@@ -1,0 +1,117 @@
+package etcdstore
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+func TestTouchable(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	const d = 10 * time.Minute
+	stored := now.Add(15 * time.Minute)
+	for i, tt := range []struct {
+		name   string
+		stored time.Time
+		expiry time.Time
+		d      time.Duration
+		want   bool
+	}{
+		{"same expiry", stored, stored, d, true},
+		{"pushed back by less than d", stored, stored.Add(d - time.Nanosecond), d, true},
+		{"pushed back by d", stored, stored.Add(d), d, false},
+		{"pushed back by more than d", stored, stored.Add(time.Hour), d, false},
+		{"brought forward", stored, stored.Add(-time.Nanosecond), d, false},
+		{"stored expiry passed", now.Add(-time.Second), now.Add(time.Second), d, false},
+		{"stored expiry is now", now, now.Add(time.Second), d, false},
+		{"legacy value: no stored expiry", time.Time{}, stored, d, false},
+		{"interval off", stored, stored, 0, false},
+		{"negative interval", stored, stored, -d, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := touchable(now, tt.stored, tt.expiry, tt.d); got != tt.want {
+				t.Errorf("#%d: touchable(now, now%+v, now%+v, %v) = %v, want %v",
+					i, tt.stored.Sub(now), tt.expiry.Sub(now), tt.d, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestMemoryOrdersByRevision(t *testing.T) {
+	m := newMemory(10)
+	expiry := time.Now().Add(time.Hour)
+	at := func(rev int64, data string) sighting {
+		return sighting{rev: rev, live: true, expiry: expiry, data: data, hasData: true}
+	}
+	m.saw("tok", at(5, "five"))
+	m.saw("tok", at(3, "three")) // a slow Find that read before
+	if got, _ := m.get("tok"); got.data != "five" {
+		t.Fatalf("after an older sighting: data %q, want the later %q", got.data, "five")
+	}
+	m.sawGone("tok", 4)
+	if got, _ := m.get("tok"); !got.live {
+		t.Fatal("an older delete made the session gone")
+	}
+	m.saw("tok", sighting{rev: 5, live: true, expiry: expiry}) // All: no data
+	if got, _ := m.get("tok"); !got.hasData || got.data != "five" {
+		t.Fatalf("a sighting of the same revision without data dropped it: %+v", got)
+	}
+	m.sawGone("tok", 6)
+	got, ok := m.get("tok")
+	if !ok || got.live || got.hasData || got.rev != 6 {
+		t.Fatalf("after a delete: %+v, %v; want remembered, not live, no data, rev 6", got, ok)
+	}
+	m.saw("tok", at(7, "seven"))
+	if got, _ := m.get("tok"); !got.live || got.data != "seven" {
+		t.Fatalf("after a later write: %+v", got)
+	}
+}
+
+func TestMemorySawGoneAddsNothing(t *testing.T) {
+	m := newMemory(10)
+	m.sawGone("never", 1)
+	if _, ok := m.get("never"); ok || m.len() != 0 {
+		t.Fatalf("a delete of an unknown token was remembered: len %d", m.len())
+	}
+}
+
+func TestMemoryKeepsDecoded(t *testing.T) {
+	m := newMemory(10)
+	s := sighting{rev: 1, live: true, data: "x", hasData: true}
+	m.saw("tok", s)
+	d := &decodedSession{values: map[string]any{"k": "v"}}
+	m.setDecoded("tok", 1, d)
+	s.rev = 2
+	m.saw("tok", s) // the same data again, at a later revision
+	if got, _ := m.get("tok"); got.decoded != d {
+		t.Fatal("a sighting of the same data dropped the decoded form")
+	}
+	m.setDecoded("tok", 1, &decodedSession{}) // stale
+	if got, _ := m.get("tok"); got.decoded != d {
+		t.Fatal("setDecoded for an older revision replaced the decoded form")
+	}
+	s.rev, s.data = 3, "y"
+	m.saw("tok", s)
+	if got, _ := m.get("tok"); got.decoded != nil {
+		t.Fatal("new data kept the old data's decoded form")
+	}
+}
+
+func TestMemoryBound(t *testing.T) {
+	const max = 3
+	m := newMemory(max)
+	for i := range 5 {
+		m.saw(fmt.Sprint("tok", i), sighting{rev: int64(i + 1), live: true})
+		if i == 2 {
+			m.get("tok0") // used again: now the most recent
+		}
+	}
+	if m.len() != max {
+		t.Fatalf("len %d, want the bound %d", m.len(), max)
+	}
+	for tok, want := range map[string]bool{"tok0": true, "tok1": false, "tok2": false, "tok3": true, "tok4": true} {
+		if _, ok := m.get(tok); ok != want {
+			t.Errorf("%s remembered = %v, want %v", tok, ok, want)
+		}
+	}
+}
