@@ -39,6 +39,7 @@ package etcdstore_test
 //	go test -run '^$' -bench . -count 5 -timeout 120m .
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -53,6 +54,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alexedwards/scs/v2"
 	"github.com/etcdstore/etcdstore"
 	"github.com/etcdstore/etcdstore/internal/etcdtest"
 	"github.com/etcdstore/etcdstore/internal/naive"
@@ -274,9 +276,13 @@ func countLeases(b *testing.B, ctx context.Context, client *clientv3.Client) int
 // store's Grant-then-Put. Every commit rewrites one of hotSessions
 // sessions that all live 24 h, as SCS does on every request with an
 // IdleTimeout, after one untimed chunk of each contender has warmed the
-// store's lease table up. leases/1k-commits is how many leases the store
-// granted per 1000 commits in the timed rounds (the naive store grants
-// 1000).
+// store's lease table up. Having written every session in the warm-up,
+// the store remembers them, so each commit is the guarded Txn that keeps
+// deleted sessions deleted (memory.go); raw-guarded-txn is that Txn made
+// by hand onto the one lease, what etcd charges for the guard.
+// leases/1k-commits is how many
+// leases the store granted per 1000 commits in the timed rounds (the
+// naive store grants 1000).
 func BenchmarkCommit(b *testing.B) {
 	for _, size := range valueSizes {
 		b.Run(size.name, func(b *testing.B) {
@@ -299,10 +305,18 @@ func BenchmarkCommit(b *testing.B) {
 				_, err := client.Put(ctx, keys[i%hotSessions], rawValue, clientv3.WithLease(lease.ID))
 				return err
 			}}
+			guardedOp := contender{"raw-guarded-txn", func(i int) error {
+				key := keys[i%hotSessions]
+				_, err := client.Txn(ctx).
+					If(clientv3.Compare(clientv3.Version(key), ">", 0)).
+					Then(clientv3.OpPut(key, rawValue, clientv3.WithLease(lease.ID))).
+					Commit()
+				return err
+			}}
 			naiveOp := contender{"naive", func(i int) error {
 				return naive.CommitCtx(ctx, tokens[i%hotSessions], value, time.Now().Add(sessionLifetime))
 			}}
-			for _, c := range []contender{storeOp, rawOp, naiveOp} {
+			for _, c := range []contender{storeOp, rawOp, guardedOp, naiveOp} {
 				var warm sample
 				if err := runChunk(&warm, hotSessions, benchGoroutines, c.op); err != nil {
 					b.Fatalf("warm up %s: %v", c.name, err)
@@ -311,14 +325,150 @@ func BenchmarkCommit(b *testing.B) {
 			compact(b, ctx, client)
 			leases := countLeases(b, ctx, client)
 
-			s, base := interleave(b, func() { compact(b, ctx, client) }, storeOp, rawOp, naiveOp)
+			s, base := interleave(b, func() { compact(b, ctx, client) }, storeOp, rawOp, guardedOp, naiveOp)
 
 			// Every naive commit granted one lease; the rest are the store's.
-			storeLeases := countLeases(b, ctx, client) - leases - base[1].n
+			storeLeases := countLeases(b, ctx, client) - leases - base[2].n
 			b.ReportMetric(float64(storeLeases)*1000/float64(s.n), "leases/1k-commits")
-			reportBaselines(b, s, []contender{rawOp, naiveOp}, base)
+			reportBaselines(b, s, []contender{rawOp, guardedOp, naiveOp}, base)
 		})
 	}
+}
+
+// BenchmarkTouch measures a commit that WithTouchInterval turns into no
+// write at all: a request that loaded a session and changed nothing, as
+// SCS commits it on every request with an IdleTimeout. The session holds
+// four values and is committed again with the same expiry; same-bytes
+// commits the bytes the store holds, reordered the same values in the
+// other bytes SCS's GobCodec writes for them (random map order), which
+// the store decodes to compare. The baseline is a raw Put onto one lease,
+// what each of these commits costs without the option.
+func BenchmarkTouch(b *testing.B) {
+	client, ctx := benchServer(b)
+	lease, err := client.Grant(ctx, int64((sessionLifetime+time.Hour)/time.Second))
+	if err != nil {
+		b.Fatal(err)
+	}
+	codec := scs.GobCodec{}
+	deadline := time.Now().Add(sessionLifetime)
+	values := map[string]any{"user": "alice", "visits": 3, "theme": "dark", "csrf": "9f86d081884c7d65"}
+	stored, err := codec.Encode(deadline, values)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var reordered []byte
+	for i := 0; reordered == nil && i < 1000; i++ {
+		if e, _ := codec.Encode(deadline, values); !bytes.Equal(e, stored) {
+			reordered = e
+		}
+	}
+	if reordered == nil {
+		b.Fatal("1000 encodings of four values gave the same bytes")
+	}
+	tokens := newTokens(hotSessions)
+	keys := keysOf(tokens)
+	store := etcdstore.New(client, etcdstore.WithTouchInterval(time.Hour))
+	expiry := time.Now().Add(sessionLifetime)
+	if err := fill(hotSessions, func(i int) error { return store.CommitCtx(ctx, tokens[i], stored, expiry) }); err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		data []byte
+	}{{"same-bytes", stored}, {"reordered", reordered}} {
+		b.Run(c.name, func(b *testing.B) {
+			before, err := client.Get(ctx, "revision", clientv3.WithCountOnly())
+			if err != nil {
+				b.Fatal(err)
+			}
+			storeOp := contender{"store", func(i int) error {
+				return store.CommitCtx(ctx, tokens[i%hotSessions], c.data, expiry)
+			}}
+			rawOp := contender{"raw-put", func(i int) error {
+				_, err := client.Put(ctx, keys[i%hotSessions], string(stored), clientv3.WithLease(lease.ID))
+				return err
+			}}
+			s, base := interleave(b, func() { compact(b, ctx, client) }, storeOp, rawOp)
+			after, err := client.Get(ctx, "revision", clientv3.WithCountOnly())
+			if err != nil {
+				b.Fatal(err)
+			}
+			// The raw Puts wrote; the store should not have.
+			if w := after.Header.Revision - before.Header.Revision - int64(base[0].n); w != 0 {
+				b.Fatalf("the store wrote %d times", w)
+			}
+			reportBaselines(b, s, []contender{rawOp}, base)
+		})
+	}
+}
+
+// BenchmarkMemory measures what the store's memory of tokens (memory.go)
+// takes: it commits 100k sessions to 100k tokens through a store on a
+// stubbed client (no etcd: only the memory is measured) and reports the
+// heap the store then holds beyond an empty one, as bytes-per-token and
+// MB-per-100k. guard is the default, which keeps no data; touch-* keep
+// the session's data for WithTouchInterval. Left out of -short runs.
+func BenchmarkMemory(b *testing.B) {
+	if testing.Short() {
+		b.Skip("100k sessions take too long to decode for -short")
+	}
+	const n = 100_000
+	codec := scs.GobCodec{}
+	deadline := time.Now().Add(sessionLifetime)
+	session := func(size int) []byte {
+		// Four values, the message padded until the encoding has size bytes.
+		values := map[string]any{"user": "alice", "visits": 3, "theme": "dark", "message": ""}
+		base, _ := codec.Encode(deadline, values)
+		values["message"] = strings.Repeat("m", max(size-len(base), 0))
+		data, _ := codec.Encode(deadline, values)
+		return data
+	}
+	for _, c := range []struct {
+		name  string
+		size  int
+		touch bool
+	}{
+		{"guard", 256, false},
+		{"touch-256B", 256, true},
+		{"touch-4KiB", 4 << 10, true},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			data := session(c.size)
+			tokens := newTokens(n)
+			var opts []etcdstore.Option
+			if c.touch {
+				opts = append(opts, etcdstore.WithTouchInterval(time.Hour))
+			}
+			expiry := time.Now().Add(sessionLifetime)
+			var perToken float64
+			for b.Loop() {
+				client := clientv3.NewCtxClient(context.Background())
+				client.KV = newStubKV()
+				client.Lease = &stubLease{}
+				before := heapInUse()
+				store := etcdstore.New(client, opts...)
+				for _, tok := range tokens {
+					// A token of its own, as each request's is.
+					tok = strings.Clone(tok)
+					if err := store.Commit(tok, data, expiry); err != nil {
+						b.Fatal(err)
+					}
+				}
+				perToken = float64(heapInUse()-before) / n
+				runtime.KeepAlive(store)
+				client.Close()
+			}
+			b.ReportMetric(perToken, "bytes/token")
+			b.ReportMetric(perToken*100_000/(1<<20), "MB/100k")
+		})
+	}
+}
+
+// heapInUse returns the bytes of live heap objects after two collections.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	return heapObjectBytes([]metrics.Sample{{Name: heapMetric}})
 }
 
 // BenchmarkFind compares Find of a live session with a raw linearizable

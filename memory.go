@@ -44,14 +44,6 @@ type sighting struct {
 	// tells an empty session from an unknown one.
 	data    string
 	hasData bool
-	// decoded is data as the codec decodes it, filled in on first use.
-	decoded *decodedSession
-}
-
-// decodedSession is session data as scs.Codec.Decode returns it.
-type decodedSession struct {
-	deadline time.Time
-	values   map[string]any
 }
 
 // memoryEntry is one remembered token, the Value of its list element.
@@ -89,8 +81,7 @@ func (m *memory) get(token string) (sighting, bool) {
 }
 
 // saw records a sighting of token, unless the store remembers a later
-// one, or one of the same revision that holds the data this one lacks. A
-// sighting of the data already remembered keeps its decoded form.
+// one, or one of the same revision that holds the data this one lacks.
 func (m *memory) saw(token string, s sighting) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -104,9 +95,6 @@ func (m *memory) saw(token string, s sighting) {
 	e := el.Value.(*memoryEntry)
 	if s.rev < e.rev || (s.rev == e.rev && e.hasData && !s.hasData) {
 		return
-	}
-	if s.decoded == nil && s.hasData && e.hasData && s.data == e.data {
-		s.decoded = e.decoded
 	}
 	e.sighting = s
 }
@@ -124,18 +112,6 @@ func (m *memory) sawGone(token string, rev int64) {
 	e := el.Value.(*memoryEntry)
 	if rev >= e.rev {
 		e.sighting = sighting{rev: rev}
-	}
-}
-
-// setDecoded keeps the decoded form of token's data as seen at rev, if
-// that is still the sighting remembered.
-func (m *memory) setDecoded(token string, rev int64, d *decodedSession) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if el, ok := m.byKey[token]; ok {
-		if e := el.Value.(*memoryEntry); e.rev == rev && e.hasData {
-			e.decoded = d
-		}
 	}
 }
 

@@ -75,28 +75,6 @@ func TestMemorySawGoneAddsNothing(t *testing.T) {
 	}
 }
 
-func TestMemoryKeepsDecoded(t *testing.T) {
-	m := newMemory(10)
-	s := sighting{rev: 1, live: true, data: "x", hasData: true}
-	m.saw("tok", s)
-	d := &decodedSession{values: map[string]any{"k": "v"}}
-	m.setDecoded("tok", 1, d)
-	s.rev = 2
-	m.saw("tok", s) // the same data again, at a later revision
-	if got, _ := m.get("tok"); got.decoded != d {
-		t.Fatal("a sighting of the same data dropped the decoded form")
-	}
-	m.setDecoded("tok", 1, &decodedSession{}) // stale
-	if got, _ := m.get("tok"); got.decoded != d {
-		t.Fatal("setDecoded for an older revision replaced the decoded form")
-	}
-	s.rev, s.data = 3, "y"
-	m.saw("tok", s)
-	if got, _ := m.get("tok"); got.decoded != nil {
-		t.Fatal("new data kept the old data's decoded form")
-	}
-}
-
 func TestMemoryBound(t *testing.T) {
 	const max = 3
 	m := newMemory(max)

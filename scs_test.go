@@ -194,3 +194,51 @@ func TestSCSIdleTimeout(t *testing.T) {
 		t.Fatalf("after the idle timeout the session came back: %q", got)
 	}
 }
+
+// TestSCSTouchInterval: with IdleTimeout and WithTouchInterval, requests
+// that change nothing write nothing, on whichever app server they land,
+// though SCS commits on every request and its GobCodec encodes the
+// session's two values in random order; a request that changes the
+// session is written at once and read through the other app server.
+func TestSCSTouchInterval(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	c := srv.Client(t)
+	const prefix = "scs-touch:"
+	var apps []*appServer
+	for range 2 {
+		app := newAppServer(t, etcdstore.NewWithPrefix(srv.Client(t), prefix, etcdstore.WithTouchInterval(30*time.Minute)))
+		app.sm.IdleTimeout = time.Hour
+		apps = append(apps, app)
+	}
+	revision := func() int64 {
+		t.Helper()
+		resp, err := c.Get(etcdtest.Context(t, 30*time.Second), "revision", clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+
+	b := newBrowser(t)
+	b.get(apps[0], "/login?user=alice")
+	b.get(apps[1], "/put?m=hello")
+	before := revision()
+	const requests = 40
+	for i := range requests {
+		if got := b.get(apps[i%2], "/get"); got != "hello" {
+			t.Fatalf("request %d: %q", i, got)
+		}
+	}
+	if n := revision() - before; n != 0 {
+		t.Fatalf("%d unchanged requests wrote %d times, want 0", requests, n)
+	}
+
+	b.get(apps[0], "/put?m=changed")
+	if n := revision() - before; n != 1 {
+		t.Fatalf("a changing request wrote %d times, want 1", n)
+	}
+	if got := b.get(apps[1], "/get"); got != "changed" {
+		t.Fatalf("the other app server read %q after the change, want %q", got, "changed")
+	}
+}

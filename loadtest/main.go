@@ -1,21 +1,34 @@
 // Command loadtest measures the example app (internal/exampleapp) under
-// wrk, on loopback, with its sessions in etcdstore and then in the naive
-// store (one new lease per commit, as github.com/alexedwards/scs/etcdstore
-// does), and prints requests per second and latency percentiles for both.
+// wrk, on loopback, with its sessions in each of four stores, and prints
+// requests per second, latency percentiles and writes per request:
 //
-// For each store it starts a fresh embedded etcd member with fsync on, as
-// in production, serves the app with an SCS IdleTimeout so that every
-// request loads and commits its session, starts -sessions sessions with
-// a request each to -new, and runs wrk against -path for -warmup and then
-// for -d, with -c connections on -t threads. A Lua script hands each
-// request the cookie of one of the sessions in turn. Afterwards it checks
-// that no request failed, that every request found its session, and that
-// the keyspace holds exactly the sessions started. It installs wrk with
-// apt-get when it is missing.
+//	etcdstore        this store, as New makes it
+//	etcdstore-touch  this store with WithTouchInterval(IdleTimeout/2)
+//	naive            one new lease per commit, as
+//	                 github.com/alexedwards/scs/etcdstore does
+//	redis            a local redis-server with appendfsync everysec, and a
+//	                 store doing what SCS's goredisstore does
+//	                 (internal/redisstore)
+//
+// Each measured run starts its backend afresh: an embedded etcd member
+// with fsync on, as in production, or a redis-server on a loopback port.
+// It serves the app with an SCS IdleTimeout, so that every request loads
+// and commits its session, starts -sessions sessions, each with the
+// requests of -new (by default a login and a message: two values, which
+// SCS's GobCodec encodes in random order), and runs wrk against -path for
+// -warmup and then for -d, with -c connections on -t threads. A Lua script
+// hands each request the cookie of one of the sessions in turn. Afterwards
+// it checks that no request failed, that every request found its
+// session, and that the backend holds exactly the sessions started.
+//
+// The stores run in -rounds rounds, each round in another order, so that
+// load from elsewhere falls on all of them alike; the summary gives each
+// figure's median over the rounds. It installs wrk and redis-server with
+// apt-get when they are missing.
 //
 // Usage:
 //
-//	go run ./loadtest [-d 10s] [-c 32] [-t 2] [-sessions 1000]
+//	go run ./loadtest [-d 10s] [-c 32] [-t 2] [-sessions 1000] [-rounds 3] [-stores etcdstore,redis]
 package main
 
 import (
@@ -30,9 +43,13 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -44,6 +61,8 @@ import (
 	"github.com/etcdstore/etcdstore/internal/embedetcd"
 	"github.com/etcdstore/etcdstore/internal/exampleapp"
 	"github.com/etcdstore/etcdstore/internal/naive"
+	"github.com/etcdstore/etcdstore/internal/redisstore"
+	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
@@ -59,36 +78,49 @@ var (
 	threads     = flag.Int("t", 2, "wrk threads")
 	sessions    = flag.Int("sessions", 1000, "sessions the requests take turns with")
 	path        = flag.String("path", "/get", "the app path wrk requests")
-	newSession  = flag.String("new", "/put", "the app path that starts a session with some data in it")
+	newSession  = flag.String("new", "/login?name=loadtest,/put", "comma-separated app paths, requested in order, that start a session and put data in it")
 	idle        = flag.Duration("idle", 20*time.Minute, "SCS IdleTimeout: with it every request commits its session")
 	lifetime    = flag.Duration("lifetime", 24*time.Hour, "SCS Lifetime")
-	naiveFirst  = flag.Bool("naive-first", false, "measure the naive store first, to check that the order does not favour either")
+	rounds      = flag.Int("rounds", 3, "rounds of runs, each store once a round, in another order each round")
+	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the measured runs, app and embedded etcd alike, to `file`")
+	only        = flag.String("stores", "", "comma-separated stores to measure (default all: etcdstore,etcdstore-touch,naive,redis)")
 )
 
-// store is one session store under test.
+// store is one session store under test, on a backend of its own.
 type store struct {
-	name string
-	new  func(*clientv3.Client) scs.CtxStore
+	name  string
+	redis bool // the store is on Redis, not etcd
+	new   func(*clientv3.Client, *redis.Client) scs.CtxStore
 }
 
 var stores = []store{
-	{"etcdstore", func(c *clientv3.Client) scs.CtxStore { return etcdstore.New(c) }},
-	{"naive", func(c *clientv3.Client) scs.CtxStore { return &naive.Store{Client: c, Prefix: etcdstore.DefaultPrefix} }},
+	{"etcdstore", false, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore { return etcdstore.New(c) }},
+	{"etcdstore-touch", false, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
+		return etcdstore.New(c, etcdstore.WithTouchInterval(*idle/2))
+	}},
+	{"naive", false, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
+		return &naive.Store{Client: c, Prefix: etcdstore.DefaultPrefix}
+	}},
+	{"redis", true, func(_ *clientv3.Client, r *redis.Client) scs.CtxStore {
+		return &redisstore.Store{Client: r, Prefix: etcdstore.DefaultPrefix}
+	}},
 }
 
 // result is what one measured run gave.
 type result struct {
-	store       string
-	wrk         wrkResult
-	appErrors   int64 // requests the app answered 500 because of the store
-	aborted     int64 // requests wrk closed while they ran, at its end
-	hits        int64 // finds that found a session during the measured run
-	misses      int64 // finds that found none
-	commits     int64 // commits during the measured run
+	store     string
+	wrk       wrkResult
+	appErrors int64 // requests the app answered 500 because of the store
+	aborted   int64 // requests wrk closed while they ran, at its end
+	hits      int64 // finds that found a session during the measured run
+	misses    int64 // finds that found none
+	commits   int64 // commits that reached the store during the measured run
+	// etcd only:
+	writes      int64 // etcd revisions during the measured run: keys written or deleted
 	leases      int   // leases granted during the measured run
-	keys        int64 // session keys after the run
 	dbSize      int64 // bytes
 	dbSizeInUse int64 // bytes
+	keys        int64 // session keys after the run
 }
 
 func main() {
@@ -101,9 +133,26 @@ func main() {
 }
 
 func run() error {
-	wrk, err := findWrk()
+	chosen := stores
+	if *only != "" {
+		chosen = nil
+		for _, name := range strings.Split(*only, ",") {
+			i := slices.IndexFunc(stores, func(s store) bool { return s.name == name })
+			if i < 0 {
+				return fmt.Errorf("-stores: no store %q", name)
+			}
+			chosen = append(chosen, stores[i])
+		}
+	}
+	wrk, err := findTool("wrk", "wrk")
 	if err != nil {
 		return err
+	}
+	var redisServer string
+	if slices.ContainsFunc(chosen, func(s store) bool { return s.redis }) {
+		if redisServer, err = findTool("redis-server", "redis-server"); err != nil {
+			return err
+		}
 	}
 	tmp, err := os.MkdirTemp("", "loadtest-")
 	if err != nil {
@@ -115,59 +164,154 @@ func run() error {
 		return err
 	}
 
-	order := stores
-	if *naiveFirst {
-		order = []store{stores[1], stores[0]}
-	}
-	var results []result
-	for _, s := range order {
-		dir := filepath.Join(tmp, s.name)
-		r, err := measure(wrk, script, dir, s)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
 		if err != nil {
-			return fmt.Errorf("%s: %w", s.name, err)
+			return err
 		}
-		results = append(results, r)
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
-	report(os.Stdout, results)
-	for _, r := range results {
-		if r.wrk.non2xx > 0 || r.wrk.socketErrors != "" || r.appErrors > 0 {
-			return fmt.Errorf("%s: requests failed: %d non-2xx, %d store errors, socket errors %q", r.store, r.wrk.non2xx, r.appErrors, r.wrk.socketErrors)
+
+	results := make(map[string][]result)
+	for round := range max(*rounds, 1) {
+		for k := range chosen {
+			s := chosen[(round+k)%len(chosen)]
+			dir := filepath.Join(tmp, fmt.Sprintf("%s-%d", s.name, round))
+			fmt.Printf("== round %d: %s\n", round+1, s.name)
+			r, err := measure(wrk, redisServer, script, dir, s)
+			if err != nil {
+				return fmt.Errorf("round %d: %s: %w", round+1, s.name, err)
+			}
+			if err := r.check(); err != nil {
+				return fmt.Errorf("round %d: %w", round+1, err)
+			}
+			results[s.name] = append(results[s.name], r)
+			report(os.Stdout, []result{r})
 		}
-		if r.misses > 0 || r.hits == 0 {
-			return fmt.Errorf("%s: %d requests found their session, %d did not", r.store, r.hits, r.misses)
-		}
-		if r.keys != int64(*sessions) {
-			return fmt.Errorf("%s: %d session keys after the run, want %d", r.store, r.keys, *sessions)
-		}
+	}
+	var medians []result
+	for _, s := range chosen {
+		medians = append(medians, median(results[s.name]))
+	}
+	fmt.Printf("\nmedians of %d rounds:\n", max(*rounds, 1))
+	report(os.Stdout, medians)
+	return nil
+}
+
+// check returns an error if a request failed, a request found no
+// session, or the backend does not hold exactly the sessions started.
+func (r result) check() error {
+	if r.wrk.non2xx > 0 || r.wrk.socketErrors != "" || r.appErrors > 0 {
+		return fmt.Errorf("%s: requests failed: %d non-2xx, %d store errors, socket errors %q", r.store, r.wrk.non2xx, r.appErrors, r.wrk.socketErrors)
+	}
+	if r.misses > 0 || r.hits == 0 {
+		return fmt.Errorf("%s: %d requests found their session, %d did not", r.store, r.hits, r.misses)
+	}
+	if r.keys != int64(*sessions) {
+		return fmt.Errorf("%s: %d session keys after the run, want %d", r.store, r.keys, *sessions)
 	}
 	return nil
 }
 
-// measure runs the load test of one store on a fresh etcd member whose
-// data lives in dir.
-func measure(wrk, script, dir string, s store) (result, error) {
-	r := result{store: s.name}
-	// Bounds every etcd request and the whole run.
-	ctx, cancel := context.WithTimeout(context.Background(), *warmup+*duration+5*time.Minute)
-	defer cancel()
+// backend is what a store runs on: an embedded etcd member or a
+// redis-server, started afresh for one run.
+type backend struct {
+	etcd  *clientv3.Client
+	redis *redis.Client
+	stop  func()
+}
 
+// startBackend starts the backend of s with its data in dir.
+func startBackend(ctx context.Context, redisServer, dir string, s store) (*backend, error) {
+	if s.redis {
+		addr, stop, err := startRedis(ctx, redisServer, dir)
+		if err != nil {
+			return nil, err
+		}
+		rc := redis.NewClient(&redis.Options{Addr: addr})
+		return &backend{redis: rc, stop: func() { rc.Close(); stop() }}, nil
+	}
 	e, err := embedetcd.Start(embedetcd.Local("loadtest", dir), 30*time.Second)
 	if err != nil {
-		return r, err
+		return nil, err
 	}
-	defer e.Close()
 	client, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{e.Clients[0].Addr().String()},
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	return &backend{etcd: client, stop: func() { client.Close(); e.Close() }}, nil
+}
+
+// startRedis starts redis-server on a free loopback port with its data in
+// dir, persisting as a production Redis would (an append-only file,
+// fsynced every second), and waits until it answers.
+func startRedis(ctx context.Context, redisServer, dir string) (addr string, stop func(), err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	addr = l.Addr().String()
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	cmd := exec.Command(redisServer,
+		"--bind", "127.0.0.1", "--port", port, "--dir", dir,
+		"--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+		"--daemonize", "no", "--loglevel", "warning",
+		"--logfile", filepath.Join(dir, "redis.log"))
+	if err := cmd.Start(); err != nil {
+		return "", nil, fmt.Errorf("start redis-server: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop = func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}
+	rc := redis.NewClient(&redis.Options{Addr: addr})
+	defer rc.Close()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if err := rc.Ping(ctx).Err(); err == nil {
+			return addr, stop, nil
+		} else if time.Now().After(deadline) {
+			stop()
+			return "", nil, fmt.Errorf("redis-server on %s: %w", addr, err)
+		}
+	}
+}
+
+// measure runs the load test of one store on a fresh backend whose data
+// lives in dir.
+func measure(wrk, redisServer, script, dir string, s store) (result, error) {
+	r := result{store: s.name}
+	// Bounds every backend request and the whole run.
+	ctx, cancel := context.WithTimeout(context.Background(), *warmup+*duration+5*time.Minute)
+	defer cancel()
+
+	b, err := startBackend(ctx, redisServer, dir, s)
+	if err != nil {
 		return r, err
 	}
-	defer client.Close()
+	defer b.stop()
 
 	var appErrors, aborted atomic.Int64
-	counts := &countingStore{store: s.new(client)}
+	counts := &countingStore{store: s.new(b.etcd, b.redis)}
 	sm := exampleapp.NewSessionManager(counts, *idle, *lifetime)
 	sm.ErrorFunc = func(w http.ResponseWriter, r *http.Request, err error) {
 		// wrk closes its connections when its time is up: the requests
@@ -210,9 +354,9 @@ func measure(wrk, script, dir string, s store) (result, error) {
 		srv.Shutdown(context.Background())
 		<-served
 	}()
-	target := "http://" + ln.Addr().String() + *path
+	base := "http://" + ln.Addr().String()
 
-	cookies, err := newSessions(ctx, "http://"+ln.Addr().String()+*newSession, *sessions)
+	cookies, err := newSessions(ctx, base, strings.Split(*newSession, ","), *sessions)
 	if err != nil {
 		return r, err
 	}
@@ -221,87 +365,127 @@ func measure(wrk, script, dir string, s store) (result, error) {
 		return r, err
 	}
 
-	fmt.Printf("== %s: %d sessions, warm-up %v\n", s.name, len(cookies), *warmup)
-	if _, err := runWrk(ctx, wrk, script, cookieFile, target, *warmup); err != nil {
+	if _, err := runWrk(ctx, wrk, script, cookieFile, base+*path, *warmup); err != nil {
 		return r, fmt.Errorf("warm-up: %w", err)
 	}
 	if err := settle(); err != nil {
 		return r, err
 	}
-	leasesBefore, err := countLeases(ctx, client)
-	if err != nil {
-		return r, err
+	var before etcdState
+	if b.etcd != nil {
+		if before, err = readEtcdState(ctx, b.etcd); err != nil {
+			return r, err
+		}
 	}
 	appErrors.Store(0)
 	aborted.Store(0)
 	counts.reset()
-	out, err := runWrk(ctx, wrk, script, cookieFile, target, *duration)
+	out, err := runWrk(ctx, wrk, script, cookieFile, base+*path, *duration)
 	if err != nil {
 		return r, err
 	}
 	if err := settle(); err != nil {
 		return r, err
 	}
-	os.Stdout.Write(out)
 	if r.wrk, err = parseWrk(out); err != nil {
 		return r, err
 	}
 	r.appErrors, r.aborted = appErrors.Load(), aborted.Load()
 	r.hits, r.misses, r.commits = counts.hits.Load(), counts.misses.Load(), counts.commits.Load()
 
-	leasesAfter, err := countLeases(ctx, client)
+	if b.redis != nil {
+		r.keys, err = b.redis.DBSize(ctx).Result()
+		return r, err
+	}
+	after, err := readEtcdState(ctx, b.etcd)
 	if err != nil {
 		return r, err
 	}
-	r.leases = leasesAfter - leasesBefore
-	keys, err := client.Get(ctx, etcdstore.DefaultPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		return r, err
-	}
-	r.keys = keys.Count
-	st, err := client.Status(ctx, client.Endpoints()[0])
-	if err != nil {
-		return r, err
-	}
-	r.dbSize, r.dbSizeInUse = st.DbSize, st.DbSizeInUse
+	r.writes = after.revision - before.revision - 1 // less readEtcdState's own
+	r.leases = after.leases - before.leases
+	r.keys, r.dbSize, r.dbSizeInUse = after.keys, after.dbSize, after.dbSizeInUse
 	return r, nil
 }
 
-// newSessions makes n requests to target without a cookie and returns the
-// session cookie each was given, as "name=token". target must put data in
-// the session, or SCS starts none.
-func newSessions(ctx context.Context, target string, n int) ([]string, error) {
-	client := &http.Client{
-		Timeout:   10 * time.Second,
-		Transport: &http.Transport{MaxIdleConnsPerHost: 32},
+// etcdState is what the load test reads of an etcd member around a run.
+type etcdState struct {
+	revision            int64 // after the state was read
+	leases              int
+	keys                int64 // under the store's prefix
+	dbSize, dbSizeInUse int64 // bytes
+}
+
+// readEtcdState reads the member's state. It writes one key, so that the
+// revision it returns counts every write before it.
+func readEtcdState(ctx context.Context, client *clientv3.Client) (etcdState, error) {
+	var st etcdState
+	resp, err := client.Put(ctx, "loadtest:revision", "")
+	if err != nil {
+		return st, err
 	}
-	defer client.CloseIdleConnections()
+	st.revision = resp.Header.Revision
+	leases, err := client.Leases(ctx)
+	if err != nil {
+		return st, fmt.Errorf("list leases: %w", err)
+	}
+	st.leases = len(leases.Leases)
+	keys, err := client.Get(ctx, etcdstore.DefaultPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return st, err
+	}
+	st.keys = keys.Count
+	status, err := client.Status(ctx, client.Endpoints()[0])
+	if err != nil {
+		return st, err
+	}
+	st.dbSize, st.dbSizeInUse = status.DbSize, status.DbSizeInUse
+	return st, nil
+}
+
+// newSessions starts n sessions, each with a request to each of paths in
+// turn, under base, carrying the cookies set so far, and returns each
+// session's cookie as "name=token". The paths must put data in the
+// session, or SCS starts none.
+func newSessions(ctx context.Context, base string, paths []string, n int) ([]string, error) {
+	transport := &http.Transport{MaxIdleConnsPerHost: 32}
+	defer transport.CloseIdleConnections()
 	cookies := make([]string, n)
 	var next atomic.Int64
 	g, ctx := errgroup.WithContext(ctx)
 	for range 32 {
 		g.Go(func() error {
 			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
-				req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+				jar, err := cookiejar.New(nil)
 				if err != nil {
 					return err
 				}
-				resp, err := client.Do(req)
+				client := &http.Client{Timeout: 10 * time.Second, Transport: transport, Jar: jar}
+				for _, p := range paths {
+					req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+p, nil)
+					if err != nil {
+						return err
+					}
+					resp, err := client.Do(req)
+					if err != nil {
+						return err
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						return fmt.Errorf("new session: GET %s: %s", p, resp.Status)
+					}
+				}
+				u, err := url.Parse(base)
 				if err != nil {
 					return err
 				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					return fmt.Errorf("new session: GET %s: %s", target, resp.Status)
-				}
-				for _, c := range resp.Cookies() {
+				for _, c := range jar.Cookies(u) {
 					if c.Name == "session" && c.Value != "" {
 						cookies[i] = c.Name + "=" + c.Value
 					}
 				}
 				if cookies[i] == "" {
-					return fmt.Errorf("new session: GET %s set no session cookie", target)
+					return fmt.Errorf("new session: GET %s set no session cookie", strings.Join(paths, ", "))
 				}
 			}
 			return nil
@@ -310,26 +494,18 @@ func newSessions(ctx context.Context, target string, n int) ([]string, error) {
 	return cookies, g.Wait()
 }
 
-func countLeases(ctx context.Context, client *clientv3.Client) (int, error) {
-	resp, err := client.Leases(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("list leases: %w", err)
-	}
-	return len(resp.Leases), nil
-}
-
-// findWrk returns the path of wrk, installing Debian's package when it is
-// missing.
-func findWrk() (string, error) {
-	if p, err := exec.LookPath("wrk"); err == nil {
+// findTool returns the path of the command name, installing Debian's
+// package pkg when it is missing.
+func findTool(name, pkg string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
 	if _, err := exec.LookPath("apt-get"); err != nil {
-		return "", errors.New("wrk is not installed and there is no apt-get to install it: install wrk")
+		return "", fmt.Errorf("%s is not installed and there is no apt-get to install it: install %s", name, pkg)
 	}
-	log.Print("wrk is missing: apt-get install -y wrk")
+	log.Printf("%s is missing: apt-get install -y %s", name, pkg)
 	install := func() error {
-		cmd := exec.Command("apt-get", "install", "-y", "-q", "wrk")
+		cmd := exec.Command("apt-get", "install", "-y", "-q", pkg)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		return cmd.Run()
 	}
@@ -341,10 +517,10 @@ func findWrk() (string, error) {
 			return "", fmt.Errorf("apt-get update: %w", err)
 		}
 		if err := install(); err != nil {
-			return "", fmt.Errorf("apt-get install wrk: %w", err)
+			return "", fmt.Errorf("apt-get install %s: %w", pkg, err)
 		}
 	}
-	return exec.LookPath("wrk")
+	return exec.LookPath(name)
 }
 
 // runWrk runs wrk against target for d and returns its output.
@@ -372,8 +548,9 @@ func runWrk(ctx context.Context, wrk, script, cookieFile, target string, d time.
 
 // wrkResult holds the figures of wrk's --latency output.
 type wrkResult struct {
+	requests       int64
 	requestsPerSec float64
-	percentiles    map[string]string // "50%" -> "1.23ms"
+	percentiles    map[string]time.Duration // "50%" -> 1.23ms
 	non2xx         int
 	socketErrors   string // empty when there were none
 }
@@ -381,34 +558,64 @@ type wrkResult struct {
 var wrkPercentiles = []string{"50%", "75%", "90%", "99%"}
 
 func parseWrk(out []byte) (wrkResult, error) {
-	r := wrkResult{percentiles: make(map[string]string)}
+	r := wrkResult{percentiles: make(map[string]time.Duration)}
 	found := false
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
+		var err error
 		switch {
 		case len(f) == 2 && f[0] == "Requests/sec:":
-			v, err := strconv.ParseFloat(f[1], 64)
-			if err != nil {
-				return r, fmt.Errorf("wrk output: %q: %w", sc.Text(), err)
-			}
-			r.requestsPerSec, found = v, true
+			r.requestsPerSec, err = strconv.ParseFloat(f[1], 64)
+			found = true
+		case len(f) > 2 && f[1] == "requests" && f[2] == "in":
+			r.requests, err = strconv.ParseInt(f[0], 10, 64)
 		case len(f) == 2 && strings.HasSuffix(f[0], "%"):
-			r.percentiles[f[0]] = f[1]
+			r.percentiles[f[0]], err = time.ParseDuration(f[1])
 		case strings.HasPrefix(strings.TrimSpace(sc.Text()), "Non-2xx or 3xx responses:"):
-			n, err := strconv.Atoi(f[len(f)-1])
-			if err != nil {
-				return r, fmt.Errorf("wrk output: %q: %w", sc.Text(), err)
-			}
-			r.non2xx = n
+			r.non2xx, err = strconv.Atoi(f[len(f)-1])
 		case len(f) > 0 && f[0] == "Socket":
 			r.socketErrors = strings.TrimSpace(sc.Text())
 		}
+		if err != nil {
+			return r, fmt.Errorf("wrk output: %q: %w", sc.Text(), err)
+		}
 	}
-	if !found {
-		return r, fmt.Errorf("no Requests/sec in wrk output:\n%s", out)
+	if !found || r.requests == 0 {
+		return r, fmt.Errorf("no request count or Requests/sec in wrk output:\n%s", out)
 	}
 	return r, nil
+}
+
+// median returns a result whose every figure is the median of that
+// figure over rs (the upper median for an even count).
+func median(rs []result) result {
+	m := result{store: rs[0].store, wrk: wrkResult{percentiles: make(map[string]time.Duration)}}
+	mid := func(get func(result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = get(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	m.wrk.requests = int64(mid(func(r result) float64 { return float64(r.wrk.requests) }))
+	m.wrk.requestsPerSec = mid(func(r result) float64 { return r.wrk.requestsPerSec })
+	for _, p := range wrkPercentiles {
+		m.wrk.percentiles[p] = time.Duration(mid(func(r result) float64 { return float64(r.wrk.percentiles[p]) }))
+	}
+	// Per-request figures are medians of the ratios, scaled back by the
+	// median request count.
+	perReq := func(get func(result) float64) int64 {
+		return int64(mid(func(r result) float64 { return get(r) / float64(r.wrk.requests) }) * float64(m.wrk.requests))
+	}
+	m.commits = perReq(func(r result) float64 { return float64(r.commits) })
+	m.writes = perReq(func(r result) float64 { return float64(r.writes) })
+	m.leases = int(mid(func(r result) float64 { return float64(r.leases) }))
+	m.dbSize = int64(mid(func(r result) float64 { return float64(r.dbSize) }))
+	m.dbSizeInUse = int64(mid(func(r result) float64 { return float64(r.dbSizeInUse) }))
+	m.keys = rs[0].keys
+	return m
 }
 
 func report(w io.Writer, results []result) {
@@ -418,21 +625,31 @@ func report(w io.Writer, results []result) {
 	for _, p := range wrkPercentiles {
 		fmt.Fprintf(tw, "p%s\t", strings.TrimSuffix(p, "%"))
 	}
-	fmt.Fprint(tw, "errors\tcommits\tleases granted\tleases/1k commits\tdb MB\tdb in use MB\t\n")
+	fmt.Fprint(tw, "requests\tcommits/req\tetcd writes/req\tleases granted\tdb MB\tdb in use MB\t\n")
 	for _, r := range results {
 		fmt.Fprintf(tw, "%s\t%.0f\t", r.store, r.wrk.requestsPerSec)
 		for _, p := range wrkPercentiles {
-			fmt.Fprintf(tw, "%s\t", r.wrk.percentiles[p])
+			fmt.Fprintf(tw, "%s\t", r.wrk.percentiles[p].Round(10*time.Microsecond))
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t\n", int64(r.wrk.non2xx)+r.appErrors, r.commits, r.leases,
-			float64(r.leases)*1000/float64(max(r.commits, 1)), float64(r.dbSize)/(1<<20), float64(r.dbSizeInUse)/(1<<20))
+		n := float64(max(r.wrk.requests, 1))
+		fmt.Fprintf(tw, "%d\t%.3f\t", r.wrk.requests, float64(r.commits)/n)
+		if r.dbSize == 0 { // not on etcd
+			fmt.Fprint(tw, "-\t-\t-\t-\t\n")
+			continue
+		}
+		fmt.Fprintf(tw, "%.4f\t%d\t%.1f\t%.1f\t\n", float64(r.writes)/n, r.leases,
+			float64(r.dbSize)/(1<<20), float64(r.dbSizeInUse)/(1<<20))
 	}
 	tw.Flush()
 	perSec := make(map[string]float64)
 	for _, r := range results {
 		perSec[r.store] = r.wrk.requestsPerSec
 	}
-	if perSec["naive"] > 0 {
-		fmt.Fprintf(w, "etcdstore/naive throughput: %.2fx\n", perSec["etcdstore"]/perSec["naive"])
+	for _, s := range []string{"etcdstore", "etcdstore-touch"} {
+		for _, base := range []string{"etcdstore", "naive", "redis"} {
+			if s != base && perSec[s] > 0 && perSec[base] > 0 {
+				fmt.Fprintf(w, "%s/%s throughput: %.2fx\n", s, base, perSec[s]/perSec[base])
+			}
+		}
 	}
 }
