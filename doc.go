@@ -64,6 +64,13 @@
 // so that SCS's Iterate holds the guard too; an All of more sessions than
 // the bound forgets the first ones and those of requests in flight.
 //
+// With WithTouchInterval the store also keeps each remembered session's
+// data, so that a commit that changes nothing but the expiry, as SCS makes
+// on every request with IdleTimeout, can be skipped (see its
+// documentation). Measured with BenchmarkMemory: about 230 bytes per
+// token, and with the touch interval about 515 bytes per token for
+// sessions of 256 bytes.
+//
 // # Errors
 //
 // Errors begin with "etcdstore:" and wrap their cause, so errors.Is works

@@ -309,7 +309,7 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 	key := keyFor(s.prefix, token)
 	seen, known := s.memory.get(token)
 	if known && s.touch > 0 && seen.live && seen.hasData &&
-		touchable(now, seen.expiry, expiry, s.touch) && s.unchanged(seen.data, b) {
+		touchable(now, seen.expiry, expiry, s.touch) && s.unchanged(token, seen, b) {
 		return nil
 	}
 	value := encodeEnvelope(expiry, b)
@@ -369,22 +369,24 @@ func (s *EtcdStore) put(ctx context.Context, key, value string, id clientv3.Leas
 	return resp.Header.Revision, resp.Succeeded, nil
 }
 
-// unchanged reports whether b holds the session that stored holds: the
-// same bytes, or the same deadline and values as the codec decodes them.
-// Data the codec cannot decode counts as changed.
-func (s *EtcdStore) unchanged(stored string, b []byte) bool {
-	if string(b) == stored {
+// unchanged reports whether b holds the session seen: the same bytes as
+// its data or their known alternative, or the same deadline and values as
+// the codec decodes them, in which case b becomes the alternative. Data
+// the codec cannot decode counts as changed.
+func (s *EtcdStore) unchanged(token string, seen sighting, b []byte) bool {
+	if string(b) == seen.data || (seen.alt != "" && string(b) == seen.alt) {
 		return true
 	}
 	deadline, values, err := s.codec.Decode(b)
 	if err != nil {
 		return false
 	}
-	storedDeadline, storedValues, err := s.codec.Decode([]byte(stored))
-	if err != nil {
+	storedDeadline, storedValues, err := s.codec.Decode([]byte(seen.data))
+	if err != nil || !deadline.Equal(storedDeadline) || !reflect.DeepEqual(values, storedValues) {
 		return false
 	}
-	return deadline.Equal(storedDeadline) && reflect.DeepEqual(values, storedValues)
+	s.memory.sawAlt(token, seen.rev, string(b))
+	return true
 }
 
 // clientErr returns an error once the client is closed. Without it, each

@@ -44,6 +44,11 @@ type sighting struct {
 	// tells an empty session from an unknown one.
 	data    string
 	hasData bool
+	// alt, if not empty, is other bytes that the codec decodes to the
+	// same session as data: SCS's GobCodec writes an n-value session in
+	// one of n orders, so commits of an unchanged session of two values
+	// match data or alt and need no decoding.
+	alt string
 }
 
 // memoryEntry is one remembered token, the Value of its list element.
@@ -96,6 +101,15 @@ func (m *memory) saw(token string, s sighting) {
 	if s.rev < e.rev || (s.rev == e.rev && e.hasData && !s.hasData) {
 		return
 	}
+	if s.hasData && e.hasData && s.alt == "" {
+		// The same session seen again, in the bytes of data or of alt.
+		switch s.data {
+		case e.data:
+			s.alt = e.alt
+		case e.alt:
+			s.alt = e.data
+		}
+	}
 	e.sighting = s
 }
 
@@ -112,6 +126,18 @@ func (m *memory) sawGone(token string, rev int64) {
 	e := el.Value.(*memoryEntry)
 	if rev >= e.rev {
 		e.sighting = sighting{rev: rev}
+	}
+}
+
+// sawAlt records alt as other bytes of the session that token held at
+// rev, if that is still the sighting remembered.
+func (m *memory) sawAlt(token string, rev int64, alt string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if el, ok := m.byKey[token]; ok {
+		if e := el.Value.(*memoryEntry); e.rev == rev && e.hasData {
+			e.alt = alt
+		}
 	}
 }
 

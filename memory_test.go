@@ -75,6 +75,31 @@ func TestMemorySawGoneAddsNothing(t *testing.T) {
 	}
 }
 
+func TestMemoryKeepsAlt(t *testing.T) {
+	m := newMemory(10)
+	at := func(rev int64, data string) sighting {
+		return sighting{rev: rev, live: true, data: data, hasData: true}
+	}
+	m.saw("tok", at(1, "ab"))
+	m.sawAlt("tok", 1, "ba")
+	m.saw("tok", at(2, "ab")) // the same bytes again
+	if got, _ := m.get("tok"); got.alt != "ba" {
+		t.Fatalf("the same data again: alt %q, want %q", got.alt, "ba")
+	}
+	m.saw("tok", at(3, "ba")) // written in the other order
+	if got, _ := m.get("tok"); got.data != "ba" || got.alt != "ab" {
+		t.Fatalf("data in the alternative's bytes: data %q alt %q, want %q and %q", got.data, got.alt, "ba", "ab")
+	}
+	m.sawAlt("tok", 2, "stale")
+	if got, _ := m.get("tok"); got.alt != "ab" {
+		t.Fatalf("sawAlt for an older revision replaced alt: %q", got.alt)
+	}
+	m.saw("tok", at(4, "cd")) // changed
+	if got, _ := m.get("tok"); got.alt != "" {
+		t.Fatalf("new data kept the old alternative %q", got.alt)
+	}
+}
+
 func TestMemoryBound(t *testing.T) {
 	const max = 3
 	m := newMemory(max)

@@ -164,6 +164,9 @@ func TestTouchIntervalDecodes(t *testing.T) {
 	if n := revision(t, c) - before; n != 0 {
 		t.Fatalf("same session in other bytes: %d writes, want 0", n)
 	}
+	if seen, _ := s.memory.get("tok"); seen.alt != string(reordered) {
+		t.Fatalf("the other bytes were not kept as the alternative: %q", seen.alt)
+	}
 
 	changed := map[string]any{"user": "alice", "visits": 4, "theme": "dark", "csrf": "x9"}
 	for _, tt := range []struct {

@@ -59,6 +59,7 @@ type config struct {
 	dataDir   string        // the embedded etcd's data directory
 	prefix    string        // etcd key prefix of the sessions
 	idle      time.Duration // scs.SessionManager.IdleTimeout
+	touch     time.Duration // etcdstore.WithTouchInterval
 	lifetime  time.Duration // scs.SessionManager.Lifetime
 }
 
@@ -73,6 +74,7 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs.StringVar(&cfg.dataDir, "data", "etcd-data", "data `directory` of the embedded etcd")
 	fs.StringVar(&cfg.prefix, "prefix", etcdstore.DefaultPrefix, "etcd key `prefix` of the sessions")
 	fs.DurationVar(&cfg.idle, "idle", 20*time.Minute, "a session expires after this long without a request; 0 for never")
+	fs.DurationVar(&cfg.touch, "touch", 10*time.Minute, "a request that changes nothing writes its session again only once its expiry moves this far; 0 writes on every request (etcdstore.WithTouchInterval)")
 	fs.DurationVar(&cfg.lifetime, "lifetime", 24*time.Hour, "a session expires this long after it began, however active")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -93,6 +95,12 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	}
 	if cfg.idle < 0 {
 		return config{}, errors.New("-idle must not be negative")
+	}
+	if cfg.touch < 0 {
+		return config{}, errors.New("-touch must not be negative")
+	}
+	if cfg.idle > 0 && cfg.touch >= cfg.idle {
+		return config{}, fmt.Errorf("-touch %v must be less than -idle %v: an active session would expire a fixed time after its last write", cfg.touch, cfg.idle)
 	}
 	return cfg, nil
 }
@@ -135,7 +143,7 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 	defer conn.close()
 
 	log.Printf("sessions in etcd at %s under prefix %q", strings.Join(conn.client.Endpoints(), ","), cfg.prefix)
-	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix)
+	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix, etcdstore.WithTouchInterval(cfg.touch))
 	sm := exampleapp.NewSessionManager(store, cfg.idle, cfg.lifetime)
 	srv := &http.Server{Handler: exampleapp.New(sm), ReadHeaderTimeout: 10 * time.Second}
 

@@ -123,6 +123,8 @@ func TestParseFlags(t *testing.T) {
 		{"-prefix", ""},
 		{"-lifetime", "0s"},
 		{"-idle", "-1s"},
+		{"-touch", "-1s"},
+		{"-idle", "10m", "-touch", "10m"},
 		{"extra"},
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
