@@ -48,6 +48,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -339,10 +340,11 @@ func BenchmarkCommit(b *testing.B) {
 // write at all: a request that loaded a session and changed nothing, as
 // SCS commits it on every request with an IdleTimeout. The session holds
 // four values and is committed again with the same expiry; same-bytes
-// commits the bytes the store holds, reordered the same values in the
-// other bytes SCS's GobCodec writes for them (random map order), which
-// the store decodes to compare. The baseline is a raw Put onto one lease,
-// what each of these commits costs without the option.
+// commits the bytes the store holds; alternative and decoded the same
+// values in the other bytes SCS's GobCodec writes for them (random map
+// order), in one other order, which the store remembers after comparing
+// it once, and in the three others in turn, which it decodes to compare. The baseline is a raw Put onto one lease,
+// what each of these commits costs without the option, timed apart.
 func BenchmarkTouch(b *testing.B) {
 	client, ctx := benchServer(b)
 	lease, err := client.Grant(ctx, int64((sessionLifetime+time.Hour)/time.Second))
@@ -356,14 +358,16 @@ func BenchmarkTouch(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var reordered []byte
-	for i := 0; reordered == nil && i < 1000; i++ {
-		if e, _ := codec.Encode(deadline, values); !bytes.Equal(e, stored) {
-			reordered = e
+	// The other orders: four values encode in four.
+	var others [][]byte
+	for i := 0; len(others) < 3 && i < 10000; i++ {
+		e, _ := codec.Encode(deadline, values)
+		if !bytes.Equal(e, stored) && !slices.ContainsFunc(others, func(o []byte) bool { return bytes.Equal(o, e) }) {
+			others = append(others, e)
 		}
 	}
-	if reordered == nil {
-		b.Fatal("1000 encodings of four values gave the same bytes")
+	if len(others) < 3 {
+		b.Fatalf("10000 encodings of four values gave %d orders, want 4", len(others)+1)
 	}
 	tokens := newTokens(hotSessions)
 	keys := keysOf(tokens)
@@ -374,40 +378,66 @@ func BenchmarkTouch(b *testing.B) {
 	}
 	for _, c := range []struct {
 		name string
-		data []byte
-	}{{"same-bytes", stored}, {"reordered", reordered}} {
+		data func(i int) []byte
+	}{
+		{"same-bytes", func(int) []byte { return stored }},
+		// One other order, which the store remembers after the first
+		// comparison.
+		{"alternative", func(int) []byte { return others[0] }},
+		// The other orders in turn: each commit differs from the bytes
+		// the store holds and the alternative it remembers, and is
+		// decoded.
+		{"decoded", func(i int) []byte { return others[(i/hotSessions)%len(others)] }},
+	} {
 		b.Run(c.name, func(b *testing.B) {
 			before, err := client.Get(ctx, "revision", clientv3.WithCountOnly())
 			if err != nil {
 				b.Fatal(err)
 			}
-			storeOp := contender{"store", func(i int) error {
-				return store.CommitCtx(ctx, tokens[i%hotSessions], c.data, expiry)
-			}}
-			rawOp := contender{"raw-put", func(i int) error {
-				_, err := client.Put(ctx, keys[i%hotSessions], string(stored), clientv3.WithLease(lease.ID))
-				return err
-			}}
-			s, base := interleave(b, func() { compact(b, ctx, client) }, storeOp, rawOp)
+			var s sample
+			b.ReportAllocs()
+			b.ResetTimer()
+			err = runChunk(&s, b.N, benchGoroutines, func(i int) error {
+				return store.CommitCtx(ctx, tokens[i%hotSessions], c.data(i), expiry)
+			})
+			b.StopTimer()
+			if err != nil {
+				b.Fatal(err)
+			}
 			after, err := client.Get(ctx, "revision", clientv3.WithCountOnly())
 			if err != nil {
 				b.Fatal(err)
 			}
-			// The raw Puts wrote; the store should not have.
-			if w := after.Header.Revision - before.Header.Revision - int64(base[0].n); w != 0 {
+			if w := after.Header.Revision - before.Header.Revision; w != 0 {
 				b.Fatalf("the store wrote %d times", w)
 			}
-			reportBaselines(b, s, []contender{rawOp}, base)
+			// The skipped commits are some hundred times faster than the
+			// raw Put: interleaving as many of those would take minutes,
+			// so the baseline runs touchBaselineOps times, after.
+			rawOp := contender{"raw-put", func(i int) error {
+				_, err := client.Put(ctx, keys[i%hotSessions], string(stored), clientv3.WithLease(lease.ID))
+				return err
+			}}
+			var raw sample
+			if err := runChunk(&raw, touchBaselineOps, benchGoroutines, rawOp.op); err != nil {
+				b.Fatal(err)
+			}
+			reportBaselines(b, s, []contender{rawOp}, []sample{raw})
 		})
 	}
 }
+
+// touchBaselineOps is how many raw Puts BenchmarkTouch times.
+const touchBaselineOps = 4 * chunkOps
 
 // BenchmarkMemory measures what the store's memory of tokens (memory.go)
 // takes: it commits 100k sessions to 100k tokens through a store on a
 // stubbed client (no etcd: only the memory is measured) and reports the
 // heap the store then holds beyond an empty one, as bytes-per-token and
 // MB-per-100k. guard is the default, which keeps no data; touch-* keep
-// the session's data for WithTouchInterval. Left out of -short runs.
+// the session's data for WithTouchInterval, and touch-alt-* also the
+// other bytes of the same session, as after a commit of it in another
+// order. Left out of -short runs.
 func BenchmarkMemory(b *testing.B) {
 	if testing.Short() {
 		b.Skip("100k sessions take too long to decode for -short")
@@ -427,13 +457,27 @@ func BenchmarkMemory(b *testing.B) {
 		name  string
 		size  int
 		touch bool
+		alt   bool
 	}{
-		{"guard", 256, false},
-		{"touch-256B", 256, true},
-		{"touch-4KiB", 4 << 10, true},
+		{"guard", 256, false, false},
+		{"touch-256B", 256, true, false},
+		{"touch-alt-256B", 256, true, true},
+		{"touch-4KiB", 4 << 10, true, false},
+		{"touch-alt-4KiB", 4 << 10, true, true},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			data := session(c.size)
+			var reordered []byte // the same values in other bytes
+			for i := 0; reordered == nil && i < 1000; i++ {
+				if _, values, err := codec.Decode(data); err == nil {
+					if e, _ := codec.Encode(deadline, values); !bytes.Equal(e, data) {
+						reordered = e
+					}
+				}
+			}
+			if reordered == nil {
+				b.Fatal("1000 encodings of four values gave the same bytes")
+			}
 			tokens := newTokens(n)
 			var opts []etcdstore.Option
 			if c.touch {
@@ -452,6 +496,12 @@ func BenchmarkMemory(b *testing.B) {
 					tok = strings.Clone(tok)
 					if err := store.Commit(tok, data, expiry); err != nil {
 						b.Fatal(err)
+					}
+					if c.alt {
+						// Compared, not written: kept as the alternative.
+						if err := store.Commit(tok, reordered, expiry); err != nil {
+							b.Fatal(err)
+						}
 					}
 				}
 				perToken = float64(heapInUse()-before) / n
@@ -823,7 +873,8 @@ func BenchmarkFootprint(b *testing.B) {
 // exactly the allocations the store makes beyond the raw call given a
 // ready key and value string. The -from-token baselines are the raw call
 // as a caller holding a token and SCS's []byte data must make it, building
-// the key and converting the value.
+// the key and converting the value. The store commits a session it wrote
+// before, so its Commit is the guarded Txn of raw-guarded-txn-from-token.
 func BenchmarkClientOverhead(b *testing.B) {
 	kv := newStubKV()
 	client := clientv3.NewCtxClient(context.Background())
@@ -848,7 +899,7 @@ func BenchmarkClientOverhead(b *testing.B) {
 		kv.record = false
 
 		b.Run("Commit/"+size.name, func(b *testing.B) {
-			var raw, fromToken sample
+			var raw, fromToken, guarded sample
 			b.Run("raw-put", func(b *testing.B) {
 				raw = runSerial(b, func() error {
 					_, err := client.Put(ctx, key, rawValue, clientv3.WithLease(lease))
@@ -861,10 +912,21 @@ func BenchmarkClientOverhead(b *testing.B) {
 					return err
 				})
 			})
+			b.Run("raw-guarded-txn-from-token", func(b *testing.B) {
+				guarded = runSerial(b, func() error {
+					key := etcdstore.DefaultPrefix + token
+					_, err := client.Txn(ctx).
+						If(clientv3.Compare(clientv3.Version(key), ">", 0)).
+						Then(clientv3.OpPut(key, string(value), clientv3.WithLease(lease))).
+						Commit()
+					return err
+				})
+			})
 			b.Run("store", func(b *testing.B) {
 				s := runSerial(b, func() error { return store.CommitCtx(ctx, token, value, expiry) })
 				reportOverhead(b, s, raw, "raw-put")
 				reportOverhead(b, s, fromToken, "raw-put-from-token")
+				reportOverhead(b, s, guarded, "raw-guarded-txn-from-token")
 			})
 		})
 		b.Run("Find/"+size.name, func(b *testing.B) {

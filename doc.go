@@ -48,8 +48,8 @@
 // token, undone.
 //
 // Each store therefore remembers, per process, what it last saw of each
-// token in etcd: at which revision, whether the session was stored, and,
-// with WithTouchInterval, its expiry and data. A commit of a token it has
+// token in etcd: at which revision, whether the session was stored, its
+// expiry and, with WithTouchInterval, its data. A commit of a token it has
 // seen stored is one Txn that puts only while the key exists (compare
 // version > 0): one round trip and one raft write, as a Put. A token it
 // does not remember (a new session, a renewed token) is written with a
@@ -68,7 +68,7 @@
 // data, so that a commit that changes nothing but the expiry, as SCS makes
 // on every request with IdleTimeout, can be skipped (see its
 // documentation). Measured with BenchmarkMemory: about 230 bytes per
-// token, and with the touch interval about 515 bytes per token for
+// token, and with the touch interval 515 to 803 bytes per token for
 // sessions of 256 bytes.
 //
 // # Errors

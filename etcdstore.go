@@ -143,9 +143,10 @@ func WithCodec(c scs.Codec) Option {
 // WithRememberedTokens sets how many tokens the store remembers (see
 // Remembered tokens in the package documentation); past it, the least
 // recently used are forgotten. Each costs about 230 bytes, plus with
-// WithTouchInterval the session's data (BenchmarkMemory: 22 MB per 100k
-// tokens; 49 MB with 256-byte sessions, 486 MB with 4 KiB ones). Zero or
-// negative means the default, 100,000.
+// WithTouchInterval the session's data, twice once a commit brought it in
+// other bytes (BenchmarkMemory, per 100k tokens: 22 MB; with the touch
+// interval 49 to 77 MB for sessions of 256 bytes, 486 to 949 MB for
+// sessions of 4 KiB). Zero or negative means the default, 100,000.
 func WithRememberedTokens(n int) Option {
 	return func(o *options) { o.remembered = n }
 }
@@ -413,11 +414,12 @@ func (s *EtcdStore) Delete(token string) error {
 	return s.DeleteCtx(context.Background(), token)
 }
 
-// DeleteCtx removes the session token; a commit of it in flight on any
-// store, for a request that loaded it before, will not write it again.
-// Removing a session that does not exist, or a token no session can have (empty, or longer than
-// MaxTokenLen, for which no request is made), returns nil. Errors are
-// those of the etcd request.
+// DeleteCtx removes the session token. A commit of it by a request in
+// flight that loaded it before, on any store, does not write it again
+// (within the bounds given under Remembered tokens in the package
+// documentation). Removing a session that does not exist, or a token no
+// session can have (empty, or longer than MaxTokenLen, for which no
+// request is made), returns nil. Errors are those of the etcd request.
 func (s *EtcdStore) DeleteCtx(ctx context.Context, token string) error {
 	if !validToken(token) {
 		return nil
@@ -472,6 +474,8 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 	now := s.now() // one instant for the whole snapshot
 	var rev int64  // 0 for the first page: the current revision
 	from := s.prefix
+	var tokens []string // the live sessions of a page, and their sightings
+	var seen []sighting
 	for {
 		resp, err := s.client.Get(ctx, from,
 			clientv3.WithRange(s.end),
@@ -483,6 +487,7 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
+		tokens, seen = tokens[:0], seen[:0]
 		for _, kv := range resp.Kvs {
 			data, expiry, live, err := open(kv.Value, now)
 			if err != nil {
@@ -491,11 +496,13 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 			if live {
 				token := tokenFor(s.prefix, kv.Key)
 				sessions[token] = data
-				// Remembered so that SCS's Iterate, whose callback may
-				// commit it, cannot bring it back after a delete.
-				s.memory.saw(token, sighting{rev: rev, live: true, expiry: expiry})
+				tokens = append(tokens, token)
+				seen = append(seen, sighting{rev: rev, live: true, expiry: expiry})
 			}
 		}
+		// Remembered so that SCS's Iterate, whose callback may commit
+		// them, cannot bring them back after a delete.
+		s.memory.sawAll(tokens, seen)
 		if !resp.More || len(resp.Kvs) == 0 {
 			return sessions, nil
 		}

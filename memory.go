@@ -8,11 +8,11 @@ import (
 
 // What the store remembers of each token.
 //
-// SCS forgets nothing between a request's Find and its Commit, but a
-// store that forgets must write blindly. So the store remembers, per
+// SCS tells a store at Commit nothing of what the request's Find saw, and
+// a store that knows nothing must write blindly. So the store remembers, per
 // process, what it last saw of each token in etcd: whether the session
-// was stored, at which revision, and, with WithTouchInterval, its expiry
-// and data. Two things follow.
+// was stored, at which revision, its expiry and, with WithTouchInterval,
+// its data. Two things follow.
 //
 // No resurrection: a Commit of a remembered token writes only while the
 // key still exists (a Txn that compares its version with 0), so a session
@@ -90,6 +90,21 @@ func (m *memory) get(token string) (sighting, bool) {
 func (m *memory) saw(token string, s sighting) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.sawLocked(token, s)
+}
+
+// sawAll records the sightings of many tokens, as saw does for each,
+// under one lock.
+func (m *memory) sawAll(tokens []string, sightings []sighting) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, token := range tokens {
+		m.sawLocked(token, sightings[i])
+	}
+}
+
+// sawLocked is saw with m.mu held.
+func (m *memory) sawLocked(token string, s sighting) {
 	el, ok := m.byKey[token]
 	if !ok {
 		m.byKey[token] = m.recent.PushFront(&memoryEntry{token: token, sighting: s})

@@ -625,7 +625,7 @@ func report(w io.Writer, results []result) {
 	for _, p := range wrkPercentiles {
 		fmt.Fprintf(tw, "p%s\t", strings.TrimSuffix(p, "%"))
 	}
-	fmt.Fprint(tw, "requests\tcommits/req\tetcd writes/req\tleases granted\tdb MB\tdb in use MB\t\n")
+	fmt.Fprint(tw, "requests\tcommits/req\tetcd writes\tetcd writes/req\tleases granted\tdb MB\tdb in use MB\t\n")
 	for _, r := range results {
 		fmt.Fprintf(tw, "%s\t%.0f\t", r.store, r.wrk.requestsPerSec)
 		for _, p := range wrkPercentiles {
@@ -634,10 +634,10 @@ func report(w io.Writer, results []result) {
 		n := float64(max(r.wrk.requests, 1))
 		fmt.Fprintf(tw, "%d\t%.3f\t", r.wrk.requests, float64(r.commits)/n)
 		if r.dbSize == 0 { // not on etcd
-			fmt.Fprint(tw, "-\t-\t-\t-\t\n")
+			fmt.Fprint(tw, "-\t-\t-\t-\t-\t\n")
 			continue
 		}
-		fmt.Fprintf(tw, "%.4f\t%d\t%.1f\t%.1f\t\n", float64(r.writes)/n, r.leases,
+		fmt.Fprintf(tw, "%d\t%.4f\t%d\t%.1f\t%.1f\t\n", r.writes, float64(r.writes)/n, r.leases,
 			float64(r.dbSize)/(1<<20), float64(r.dbSizeInUse)/(1<<20))
 	}
 	tw.Flush()
