@@ -211,31 +211,23 @@ func TestSCSTouchInterval(t *testing.T) {
 		app.sm.IdleTimeout = time.Hour
 		apps = append(apps, app)
 	}
-	revision := func() int64 {
-		t.Helper()
-		resp, err := c.Get(etcdtest.Context(t, 30*time.Second), "revision", clientv3.WithCountOnly())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.Header.Revision
-	}
 
 	b := newBrowser(t)
 	b.get(apps[0], "/login?user=alice")
 	b.get(apps[1], "/put?m=hello")
-	before := revision()
+	before := etcdtest.Revision(t, c)
 	const requests = 40
 	for i := range requests {
 		if got := b.get(apps[i%2], "/get"); got != "hello" {
 			t.Fatalf("request %d: %q", i, got)
 		}
 	}
-	if n := revision() - before; n != 0 {
+	if n := etcdtest.Revision(t, c) - before; n != 0 {
 		t.Fatalf("%d unchanged requests wrote %d times, want 0", requests, n)
 	}
 
 	b.get(apps[0], "/put?m=changed")
-	if n := revision() - before; n != 1 {
+	if n := etcdtest.Revision(t, c) - before; n != 1 {
 		t.Fatalf("a changing request wrote %d times, want 1", n)
 	}
 	if got := b.get(apps[1], "/get"); got != "changed" {

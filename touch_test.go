@@ -10,21 +10,12 @@ import (
 
 	"github.com/alexedwards/scs/v2"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdstore/etcdstore/internal/etcdtest"
 )
 
 // Tests of WithTouchInterval and of what the store remembers, on an
 // embedded etcd, with the store's clock injected where time matters.
-
-// revision returns the etcd cluster's current revision: it moves on with
-// every write.
-func revision(t *testing.T, c *clientv3.Client) int64 {
-	t.Helper()
-	resp, err := c.Get(ctxFor(t), "revision", clientv3.WithCountOnly())
-	if err != nil {
-		t.Fatalf("read revision: %v", err)
-	}
-	return resp.Header.Revision
-}
 
 // storedExpiry returns the expiry in the envelope etcd holds for token.
 func storedExpiry(t *testing.T, c *clientv3.Client, s *EtcdStore, token string) time.Time {
@@ -62,7 +53,7 @@ func TestTouchIntervalOnClock(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	before := revision(t, c)
+	before := etcdtest.Revision(t, c)
 	for i := 1; i <= 20; i++ {
 		now = now.Add(step)
 		if _, found, err := s.Find("tok"); err != nil || !found {
@@ -77,7 +68,7 @@ func TestTouchIntervalOnClock(t *testing.T) {
 		}
 	}
 	// Every fourth request pushes the expiry back by 12 minutes, past d.
-	if writes := revision(t, c) - before; writes != 5 {
+	if writes := etcdtest.Revision(t, c) - before; writes != 5 {
 		t.Errorf("%d writes for 20 unchanged requests 3 minutes apart, want 5", writes)
 	}
 
@@ -109,17 +100,17 @@ func TestTouchIntervalWritesChanges(t *testing.T) {
 			t.Fatalf("#%d: other store's Find = %q, %v, %v; want %q", i, got, found, err, data)
 		}
 	}
-	before := revision(t, c)
+	before := etcdtest.Revision(t, c)
 	if err := s.Commit("tok", []byte("three"), expiry.Add(time.Hour-time.Nanosecond)); err != nil {
 		t.Fatal(err)
 	}
-	if n := revision(t, c) - before; n != 0 {
+	if n := etcdtest.Revision(t, c) - before; n != 0 {
 		t.Fatalf("unchanged, expiry less than d later: %d writes, want 0", n)
 	}
 	if err := s.Commit("tok", []byte("three"), expiry.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if n := revision(t, c) - before; n != 1 {
+	if n := etcdtest.Revision(t, c) - before; n != 1 {
 		t.Fatalf("unchanged, expiry d later: %d writes, want 1", n)
 	}
 }
@@ -157,11 +148,11 @@ func TestTouchIntervalDecodes(t *testing.T) {
 	if reordered == nil {
 		t.Fatal("1000 encodings of four values all gave the same bytes")
 	}
-	before := revision(t, c)
+	before := etcdtest.Revision(t, c)
 	if err := s.Commit("tok", reordered, expiry); err != nil {
 		t.Fatal(err)
 	}
-	if n := revision(t, c) - before; n != 0 {
+	if n := etcdtest.Revision(t, c) - before; n != 0 {
 		t.Fatalf("same session in other bytes: %d writes, want 0", n)
 	}
 	if seen, _ := s.memory.get("tok"); seen.alt != string(reordered) {
@@ -178,12 +169,12 @@ func TestTouchIntervalDecodes(t *testing.T) {
 		{"not gob", func() []byte { return []byte("not gob") }},
 		{"not gob, other bytes", func() []byte { return []byte("not gob either") }},
 	} {
-		before := revision(t, c)
+		before := etcdtest.Revision(t, c)
 		data := tt.data()
 		if err := s.Commit("tok", data, expiry); err != nil {
 			t.Fatal(err)
 		}
-		if n := revision(t, c) - before; n != 1 {
+		if n := etcdtest.Revision(t, c) - before; n != 1 {
 			t.Errorf("%s: %d writes, want 1", tt.name, n)
 		}
 		if got, _, _ := NewWithPrefix(c, s.prefix).Find("tok"); !bytes.Equal(got, data) {
@@ -197,7 +188,7 @@ func TestTouchIntervalIsOptIn(t *testing.T) {
 	t.Parallel()
 	s, c := newStore(t)
 	expiry := time.Now().Add(time.Hour)
-	before := revision(t, c)
+	before := etcdtest.Revision(t, c)
 	for range 5 {
 		if _, _, err := s.Find("tok"); err != nil {
 			t.Fatal(err)
@@ -206,7 +197,7 @@ func TestTouchIntervalIsOptIn(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := revision(t, c) - before; n != 5 {
+	if n := etcdtest.Revision(t, c) - before; n != 5 {
 		t.Fatalf("%d writes for 5 commits without WithTouchInterval, want 5", n)
 	}
 }

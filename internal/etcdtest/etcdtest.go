@@ -178,3 +178,15 @@ func Context(tb testing.TB, d time.Duration) context.Context {
 	tb.Cleanup(cancel)
 	return ctx
 }
+
+// Revision returns the cluster's current revision, as c sees it: it moves
+// on with every write, so the difference between two readings counts the
+// writes between them.
+func Revision(tb testing.TB, c *clientv3.Client) int64 {
+	tb.Helper()
+	resp, err := c.Get(Context(tb, 30*time.Second), "revision", clientv3.WithCountOnly())
+	if err != nil {
+		tb.Fatalf("etcdtest: read revision: %v", err)
+	}
+	return resp.Header.Revision
+}
