@@ -288,7 +288,9 @@ func (s *EtcdStore) Commit(token string, b []byte, expiry time.Time) error {
 // It returns an error, and writes nothing,
 // when token is empty or longer than MaxTokenLen, when expiry is after
 // the year 2262, when etcd refuses the value for its size (wrapping
-// ErrValueTooLarge), or when the etcd requests fail.
+// ErrValueTooLarge), when etcd is out of space (wrapping
+// rpctypes.ErrNoSpace, with what to do in the message), or when the etcd
+// requests fail.
 func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expiry time.Time) error {
 	if token == "" {
 		return errors.New("etcdstore: commit: empty token")
@@ -319,7 +321,7 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 	for attempt := 0; ; attempt++ {
 		id, err := s.leases.acquire(ctx, now, expiry)
 		if err != nil {
-			return fmt.Errorf("etcdstore: commit: %w", err)
+			return commitError(err)
 		}
 		rev, written, err := s.put(ctx, key, value, id, known)
 		if err == nil {
@@ -345,8 +347,20 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 		if tooLarge(err) {
 			return fmt.Errorf("%w: commit of a %d-byte key and value refused; raise the server's --max-request-bytes (default 1.5 MiB) or keep less in the session: %w", ErrValueTooLarge, len(key)+len(value), err)
 		}
-		return fmt.Errorf("etcdstore: commit: %w", err)
+		return commitError(err)
 	}
+}
+
+// commitError wraps an error of the etcd requests of a commit. etcd out
+// of space gets the way out in its message: etcd refuses every write once
+// its database file reaches --quota-backend-bytes, and keeps refusing
+// after space is freed until its NOSPACE alarm is disarmed (etcd docs,
+// "Maintenance": https://etcd.io/docs/v3.6/op-guide/maintenance/).
+func commitError(err error) error {
+	if errors.Is(err, rpctypes.ErrNoSpace) {
+		return fmt.Errorf("etcdstore: commit: etcd is out of space (its database reached --quota-backend-bytes and it raised the NOSPACE alarm); compact its history (etcdctl compact), defragment (etcdctl defrag), then run etcdctl alarm disarm, and turn on auto-compaction: %w", err)
+	}
+	return fmt.Errorf("etcdstore: commit: %w", err)
 }
 
 // put writes value at key on lease id and returns the revision of the

@@ -41,6 +41,21 @@ func WithFsync() Option {
 	return func(c *embed.Config) { c.UnsafeNoFsync = false }
 }
 
+// WithQuota sets the member's --quota-backend-bytes.
+func WithQuota(bytes int64) Option {
+	return func(c *embed.Config) { c.QuotaBackendBytes = bytes }
+}
+
+// WithCompaction turns on periodic auto-compaction with the given
+// retention (--auto-compaction-mode periodic
+// --auto-compaction-retention).
+func WithCompaction(retention time.Duration) Option {
+	return func(c *embed.Config) {
+		c.AutoCompactionMode = embed.CompactorModePeriodic
+		c.AutoCompactionRetention = retention.String()
+	}
+}
+
 // Start starts a single-member etcd on free loopback ports, data in
 // tb.TempDir(), and stops it when the test ends.
 func Start(tb testing.TB, opts ...Option) *Server {
