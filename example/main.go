@@ -3,7 +3,9 @@
 //
 // With no etcd endpoints (-etcd, or ETCD_ENDPOINTS), it starts a
 // single-member etcd inside the process, its data in -data, so sessions
-// survive a restart of the app:
+// survive a restart of the app. That member compacts its history every 5
+// minutes and has a 2 GiB quota (internal/embedetcd), so -data stays
+// bounded under sustained load:
 //
 //	go run ./example
 //	curl -c jar -b jar http://127.0.0.1:4000/put
@@ -14,6 +16,9 @@
 // sessions: a visitor can land on any of them.
 //
 //	go run ./example -etcd http://127.0.0.1:2379 -addr 127.0.0.1:4001
+//
+// On a cluster that holds only sessions and compacts nothing itself,
+// -compact 5m makes the copies compact it, one of them every 5 minutes.
 //
 // Routes:
 //
@@ -60,6 +65,7 @@ type config struct {
 	prefix    string        // etcd key prefix of the sessions
 	idle      time.Duration // scs.SessionManager.IdleTimeout
 	touch     time.Duration // etcdstore.WithTouchInterval
+	compact   time.Duration // etcdstore.RunCompactor's interval; 0 for none
 	lifetime  time.Duration // scs.SessionManager.Lifetime
 }
 
@@ -75,6 +81,7 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs.StringVar(&cfg.prefix, "prefix", etcdstore.DefaultPrefix, "etcd key `prefix` of the sessions")
 	fs.DurationVar(&cfg.idle, "idle", 20*time.Minute, "a session expires after this long without a request; 0 for never")
 	fs.DurationVar(&cfg.touch, "touch", 10*time.Minute, "a request that changes nothing writes its session again only once its expiry moves this far; 0 writes on every request (etcdstore.WithTouchInterval)")
+	fs.DurationVar(&cfg.compact, "compact", 0, "compact the etcd cluster this often, taking turns with the other app servers (etcdstore.RunCompactor), for a cluster that holds only sessions; 0 for never (the embedded etcd compacts itself)")
 	fs.DurationVar(&cfg.lifetime, "lifetime", 24*time.Hour, "a session expires this long after it began, however active")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -95,6 +102,9 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	}
 	if cfg.idle < 0 {
 		return config{}, errors.New("-idle must not be negative")
+	}
+	if cfg.compact < 0 {
+		return config{}, errors.New("-compact must not be negative")
 	}
 	if cfg.touch < 0 {
 		return config{}, errors.New("-touch must not be negative")
@@ -146,6 +156,17 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix, etcdstore.WithTouchInterval(cfg.touch))
 	sm := exampleapp.NewSessionManager(store, cfg.idle, cfg.lifetime)
 	srv := &http.Server{Handler: exampleapp.New(sm), ReadHeaderTimeout: 10 * time.Second}
+
+	if cfg.compact > 0 {
+		compactCtx, stopCompactor := context.WithCancel(ctx)
+		compacted := make(chan struct{})
+		go func() {
+			defer close(compacted)
+			etcdstore.RunCompactor(compactCtx, conn.client, cfg.compact, func(err error) { log.Print(err) })
+		}()
+		defer func() { stopCompactor(); <-compacted }()
+		log.Printf("compacting etcd every %v, in turn with the other app servers", cfg.compact)
+	}
 
 	log.Printf("listening on http://%s", ln.Addr())
 	served := make(chan error, 1)

@@ -64,7 +64,7 @@ func (b *browser) want(base, path, body string) {
 // its sessions again when started anew on the same directory.
 func TestServeKeepsSessionsAcrossRestarts(t *testing.T) {
 	t.Parallel()
-	cfg, err := parseFlags([]string{"-data", t.TempDir(), "-addr", "127.0.0.1:0"}, io.Discard)
+	cfg, err := parseFlags([]string{"-data", t.TempDir(), "-addr", "127.0.0.1:0", "-compact", "100ms"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,6 +124,7 @@ func TestParseFlags(t *testing.T) {
 		{"-lifetime", "0s"},
 		{"-idle", "-1s"},
 		{"-touch", "-1s"},
+		{"-compact", "-1s"},
 		{"-idle", "10m", "-touch", "10m"},
 		{"extra"},
 	} {

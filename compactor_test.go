@@ -1,0 +1,87 @@
+package etcdstore_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdstore/etcdstore"
+	"github.com/etcdstore/etcdstore/internal/etcdtest"
+)
+
+// TestRunCompactor runs the compactor on three app servers of one
+// cluster, each with its own client, while sessions are committed, and
+// checks that the history is compacted, one interval behind, by exactly
+// one of them per interval.
+func TestRunCompactor(t *testing.T) {
+	t.Parallel()
+	const (
+		interval  = 200 * time.Millisecond
+		intervals = 8
+	)
+	srv := etcdtest.Start(t)
+	check := srv.Client(t)
+	store := etcdstore.NewWithPrefix(srv.Client(t), "compactor:")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+
+	wg.Go(func() {
+		for i := 0; ctx.Err() == nil && i < 100_000; i++ {
+			if err := store.CommitCtx(ctx, strconv.Itoa(i%100), []byte("x"), time.Now().Add(time.Hour)); err != nil && ctx.Err() == nil {
+				t.Errorf("commit: %v", err)
+				return
+			}
+		}
+	})
+	start := time.Now()
+	for range 3 {
+		c := srv.Client(t)
+		wg.Go(func() {
+			err := etcdstore.RunCompactor(ctx, c, interval, func(err error) { t.Errorf("compactor: %v", err) })
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("RunCompactor returned %v, want context.Canceled", err)
+			}
+		})
+	}
+	time.Sleep(intervals * interval)
+	cancel()
+	wg.Wait()
+	elapsed := time.Since(start)
+
+	resp, err := check.Get(etcdtest.Context(t, 10*time.Second), etcdstore.CompactorKey)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("%s: %v, %v", etcdstore.CompactorKey, resp, err)
+	}
+	// The key's version counts the intervals some server took: one each,
+	// not one per server.
+	taken, most := resp.Kvs[0].Version, int64(elapsed/interval)+1
+	t.Logf("%d intervals taken in %v of %v each", taken, elapsed.Round(time.Millisecond), interval)
+	if taken < intervals/2 || taken > most {
+		t.Errorf("%d intervals taken in %v, want one per interval of %v: %d to %d", taken, elapsed, interval, intervals/2, most)
+	}
+	compacted, err := strconv.ParseInt(string(resp.Kvs[0].Value), 10, 64)
+	if err != nil || compacted <= 1 {
+		t.Fatalf("last compaction revision %q: %v", resp.Kvs[0].Value, err)
+	}
+	_, err = check.Get(etcdtest.Context(t, 10*time.Second), "compactor:0", clientv3.WithRev(compacted-1))
+	if !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Errorf("read at revision %d, before the last compaction = %v, want ErrCompacted", compacted-1, err)
+	}
+}
+
+func TestRunCompactorRejectsInterval(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.Start(t).Client(t)
+	for _, d := range []time.Duration{0, -time.Second} {
+		if err := etcdstore.RunCompactor(context.Background(), c, d, nil); err == nil {
+			t.Errorf("RunCompactor with interval %v: no error", d)
+		}
+	}
+}
