@@ -184,4 +184,3 @@ func megabytes(sizes []int64) string {
 	}
 	return strings.Join(s, " ")
 }
-
