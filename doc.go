@@ -71,6 +71,16 @@
 // token, and with the touch interval 515 to 803 bytes per token for
 // sessions of 256 bytes.
 //
+// # Space
+//
+// etcd keeps every revision until it is compacted, and refuses every
+// write once its database reaches --quota-backend-bytes, until its NOSPACE
+// alarm is disarmed; a commit then fails with an error that wraps
+// rpctypes.ErrNoSpace and names the way out. Turn on etcd's periodic
+// auto-compaction, or, on a cluster that holds only sessions, run
+// RunCompactor on the app servers. README.md and docs/capacity.md give
+// measured sizes and the quota a deployment needs.
+//
 // # Errors
 //
 // Errors begin with "etcdstore:" and wrap their cause, so errors.Is works

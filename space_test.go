@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdstore/etcdstore"
 	"github.com/etcdstore/etcdstore/internal/etcdtest"
@@ -140,8 +142,9 @@ func TestSpaceSoakWithCompaction(t *testing.T) {
 
 // TestSpaceSoakWithoutCompaction: the same load without compaction fills
 // the quota, and the commits then fail with an error that wraps
-// rpctypes.ErrNoSpace and says how to recover; reads still work. It shows
-// that TestSpaceSoakWithCompaction can fail.
+// rpctypes.ErrNoSpace and says how to recover; reads and deletes still
+// work, and the recovery the error names works. It shows that
+// TestSpaceSoakWithCompaction can fail.
 func TestSpaceSoakWithoutCompaction(t *testing.T) {
 	srv := etcdtest.Start(t, etcdtest.WithQuota(soakQuota))
 	r := soak(t, srv, 2*time.Minute, true)
@@ -161,9 +164,40 @@ func TestSpaceSoakWithoutCompaction(t *testing.T) {
 	if _, found, err := store.Find("tok0"); err != nil || !found {
 		t.Errorf("Find with etcd out of space = %v, %v; want the session", found, err)
 	}
-	resp, err := srv.Client(t).AlarmList(etcdtest.Context(t, 10*time.Second))
-	if err != nil || len(resp.Alarms) == 0 {
-		t.Errorf("alarms %v, %v; want NOSPACE raised", resp, err)
+	if err := store.Delete("tok1"); err != nil {
+		t.Errorf("Delete with etcd out of space: %v", err)
+	}
+
+	// The way out the error names, through the client API etcdctl uses:
+	// compact and defragment free the space, but writes are refused until
+	// the alarm is disarmed.
+	c := srv.Client(t)
+	ctx := etcdtest.Context(t, time.Minute)
+	alarms, err := c.AlarmList(ctx)
+	if err != nil || len(alarms.Alarms) != 1 || alarms.Alarms[0].Alarm != etcdserverpb.AlarmType_NOSPACE {
+		t.Fatalf("alarms %v, %v; want NOSPACE raised", alarms, err)
+	}
+	st, err := c.Status(ctx, srv.Endpoints()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Compact(ctx, st.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatalf("compact: %v", err)
+	}
+	if _, err := c.Defragment(ctx, srv.Endpoints()[0]); err != nil {
+		t.Fatalf("defragment: %v", err)
+	}
+	if after, err := c.Status(ctx, srv.Endpoints()[0]); err == nil {
+		t.Logf("database file %.1f MB, %.1f MB after compact and defrag", mb(st.DbSize), mb(after.DbSize))
+	}
+	if err := store.Commit("after-defrag", []byte("x"), time.Now().Add(time.Hour)); !errors.Is(err, rpctypes.ErrNoSpace) {
+		t.Fatalf("commit after compact and defrag, alarm still raised = %v, want ErrNoSpace", err)
+	}
+	if _, err := c.AlarmDisarm(ctx, (*clientv3.AlarmMember)(alarms.Alarms[0])); err != nil {
+		t.Fatalf("alarm disarm: %v", err)
+	}
+	if err := store.Commit("after-disarm", []byte("x"), time.Now().Add(time.Hour)); err != nil {
+		t.Fatalf("commit after the alarm was disarmed: %v", err)
 	}
 }
 
