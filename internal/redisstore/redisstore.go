@@ -19,10 +19,14 @@ type Store struct {
 	Prefix string
 }
 
+// Find returns the session's data, as FindCtx does with
+// context.Background().
 func (s *Store) Find(token string) ([]byte, bool, error) {
 	return s.FindCtx(context.Background(), token)
 }
 
+// FindCtx returns the session's data with one GET, and false when Redis
+// holds none (it expired, or never was).
 func (s *Store) FindCtx(ctx context.Context, token string) ([]byte, bool, error) {
 	b, err := s.Client.Get(ctx, s.Prefix+token).Bytes()
 	if errors.Is(err, redis.Nil) {
@@ -34,6 +38,7 @@ func (s *Store) FindCtx(ctx context.Context, token string) ([]byte, bool, error)
 	return b, true, nil
 }
 
+// Commit writes the session, as CommitCtx does with context.Background().
 func (s *Store) Commit(token string, b []byte, expiry time.Time) error {
 	return s.CommitCtx(context.Background(), token, b, expiry)
 }
@@ -48,10 +53,12 @@ func (s *Store) CommitCtx(ctx context.Context, token string, b []byte, expiry ti
 	return s.Client.Set(ctx, s.Prefix+token, b, ttl).Err()
 }
 
+// Delete removes the session, as DeleteCtx does with context.Background().
 func (s *Store) Delete(token string) error {
 	return s.DeleteCtx(context.Background(), token)
 }
 
+// DeleteCtx removes the session with one DEL.
 func (s *Store) DeleteCtx(ctx context.Context, token string) error {
 	return s.Client.Del(ctx, s.Prefix+token).Err()
 }
