@@ -72,7 +72,6 @@ type Option func(*options)
 
 type options struct {
 	bucket     time.Duration
-	maxBucket  time.Duration
 	maxKeys    int
 	pageSize   int
 	touch      time.Duration
@@ -173,7 +172,7 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 	if prefix == "" {
 		panic("etcdstore: empty prefix: it would make All span the whole etcd keyspace")
 	}
-	o := options{maxBucket: defaultMaxBucket, maxKeys: defaultMaxKeysPerLease, pageSize: defaultPageSize}
+	o := options{maxKeys: defaultMaxKeysPerLease, pageSize: defaultPageSize}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -200,7 +199,7 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 		leases: &leaseManager{
 			lease:    client.Lease,
 			fixed:    o.bucket,
-			maxWidth: o.maxBucket,
+			maxWidth: defaultMaxBucket,
 			maxKeys:  o.maxKeys,
 		},
 		memory: newMemory(o.remembered),
@@ -408,13 +407,18 @@ func (s *EtcdStore) unchanged(token string, seen sighting, b []byte) bool {
 // call on a closed client spends seconds in the client's retries before
 // it fails.
 func (s *EtcdStore) clientErr() error {
-	if s.client.Ctx().Err() != nil {
-		return errClientClosed
+	if err := s.client.Ctx().Err(); err != nil {
+		return fmt.Errorf("%w (%w)", ErrClientClosed, err)
 	}
 	return nil
 }
 
-var errClientClosed = errors.New("etcd client is closed")
+// ErrClientClosed is wrapped by the error every method returns, at once
+// and without a request, once the etcd client the store was made with is
+// closed. The error wraps context.Canceled too (the client's context is
+// canceled when it closes), but errors.Is(err, ErrClientClosed) tells it
+// from a canceled request.
+var ErrClientClosed = errors.New("etcd client is closed")
 
 // tooLarge reports whether err is etcd refusing a request for its size,
 // on the server (rpctypes.ErrRequestTooLarge) or in the client's gRPC send

@@ -528,8 +528,8 @@ func TestClosedClient(t *testing.T) {
 	_, _, errs["Find"] = s.FindCtx(ctx, "tok")
 	_, errs["All"] = s.AllCtx(ctx)
 	for op, err := range errs {
-		if err == nil || !strings.HasPrefix(err.Error(), "etcdstore: ") || !strings.Contains(err.Error(), "closed") {
-			t.Errorf("%s on a closed client = %v, want an etcdstore: error saying it is closed", op, err)
+		if err == nil || !strings.HasPrefix(err.Error(), "etcdstore: ") || !errors.Is(err, ErrClientClosed) || !errors.Is(err, context.Canceled) {
+			t.Errorf("%s on a closed client = %v, want an etcdstore: error wrapping ErrClientClosed and context.Canceled", op, err)
 		}
 	}
 }

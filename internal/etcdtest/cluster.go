@@ -120,7 +120,7 @@ func StartCluster(tb testing.TB, n int, opts ...Option) *Cluster {
 func (c *Cluster) start(i int) error {
 	m := c.Members[i]
 	for attempt := 1; ; attempt++ {
-		e, err := StartEtcd(m.Cfg)
+		e, err := startEtcd(m.Cfg)
 		if err == nil {
 			m.Etcd = e
 			return nil

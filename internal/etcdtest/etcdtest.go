@@ -69,7 +69,7 @@ func Start(tb testing.TB, opts ...Option) *Server {
 		for _, opt := range opts {
 			opt(cfg)
 		}
-		e, err := StartEtcd(cfg)
+		e, err := startEtcd(cfg)
 		if err == nil {
 			s := &Server{tb: tb, Cfg: cfg, Etcd: e}
 			tb.Cleanup(s.Stop)
@@ -129,15 +129,15 @@ func freeLoopbackURL() (url.URL, error) {
 // and ports) and waits until it is ready to serve.
 func (s *Server) Start() {
 	s.tb.Helper()
-	e, err := StartEtcd(s.Cfg)
+	e, err := startEtcd(s.Cfg)
 	if err != nil {
 		s.tb.Fatalf("etcdtest: %v", err)
 	}
 	s.Etcd = e
 }
 
-// StartEtcd starts a member and waits until it is ready, or fails.
-func StartEtcd(cfg *embed.Config) (*embed.Etcd, error) {
+// startEtcd starts a member and waits until it is ready, or fails.
+func startEtcd(cfg *embed.Config) (*embed.Etcd, error) {
 	return embedetcd.Start(cfg, startTimeout)
 }
 
