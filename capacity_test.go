@@ -13,7 +13,7 @@ import (
 )
 
 // BenchmarkCapacity measures what sessions cost etcd's database, the
-// figures behind README.md's capacity planning. Each case starts its own
+// figures behind docs/capacity.md. Each case starts its own
 // member. Left out of -short runs; run it with -benchtime=1x:
 //
 //	go test -run '^$' -bench Capacity -benchtime=1x .

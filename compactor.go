@@ -20,8 +20,8 @@ const CompactorKey = "etcdstore/compactor"
 // interval, at the revision the cluster had one interval before, until
 // ctx is done; it then returns ctx's error. etcd keeps every revision of
 // every key until it is compacted, so a session store, which rewrites its
-// keys all day, fills etcd's quota without compaction (see README.md,
-// Capacity).
+// keys all day, fills etcd's quota without compaction (see
+// docs/capacity.md).
 //
 // Run it on every app server: each interval, exactly one of them
 // compacts. Each proposes, in one Txn on CompactorKey, to be the one for
@@ -34,7 +34,10 @@ const CompactorKey = "etcdstore/compactor"
 // the store's. Run it only on a cluster that holds nothing but sessions,
 // or whose operator has not set --auto-compaction-retention, which does
 // the same from inside etcd and is the better choice where you run etcd
-// yourself. With etcd authentication on, compaction needs the root role.
+// yourself. With etcd authentication on, the user needs readwrite on
+// CompactorKey; compaction itself needs no role (etcd v3.7
+// server/etcdserver/apply/auth_test.go: "Compaction does not need admin
+// permission").
 //
 // interval must be positive; etcd's history then spans one to two
 // intervals. A failed request is tried again at the next interval, since

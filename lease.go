@@ -18,7 +18,7 @@ import (
 //
 // A lease grant is a raft write, as costly as the Put it serves, and every
 // live lease costs the etcd server memory and, at its end, revoke work
-// (see README.md, Performance). So sessions share leases: each session's
+// (see docs/performance.md). So sessions share leases: each session's
 // expiry falls in a bucket, a span of time of width w aligned to multiples
 // of w, and all sessions in a bucket ride one lease whose TTL reaches the
 // bucket's end. A key therefore outlives its session by less than w plus

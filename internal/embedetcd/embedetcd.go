@@ -26,8 +26,8 @@ const (
 	CompactionRetention = 5 * time.Minute
 	// QuotaBytes is the --quota-backend-bytes: etcd's default, 2 GiB,
 	// set explicitly. Ten minutes of history at 1000 commits a second is
-	// about 6 × 10^5 commits of some 400 bytes, 0.25 GB (README.md,
-	// Capacity), so the quota leaves room for several times that.
+	// about 6 × 10^5 commits of some 460 bytes, 0.28 GB
+	// (docs/capacity.md), so the quota leaves room for several times that.
 	QuotaBytes = 2 << 30
 )
 
