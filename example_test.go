@@ -1,58 +1,225 @@
 package etcdstore_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log"
 	"net/http"
+	"net/http/httptest"
 	"time"
 
 	"github.com/alexedwards/scs/v2"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/etcdstore/etcdstore"
+	"github.com/etcdstore/etcdstore/internal/etcdtest"
 )
 
-// An SCS session manager whose sessions live in etcd, shared by every app
-// server that uses the same cluster and prefix.
-func Example() {
-	client, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{"http://127.0.0.1:2379"},
-		DialTimeout: 5 * time.Second,
-	})
+// The examples run against one etcd member that the test binary starts on
+// first use; in an app, endpoints are your cluster's client URLs.
+
+// newClient returns a client of the examples' etcd member.
+func newClient() *clientv3.Client {
+	endpoints, err := etcdtest.SharedEndpoints()
 	if err != nil {
 		log.Fatal(err)
 	}
+	client, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		log.Fatal(err)
+	}
+	return client
+}
+
+// An SCS session manager whose sessions live in etcd: a session one app
+// server commits, another finds, each with its own client and store.
+func Example() {
+	client := newClient()
+	defer client.Close()
+
+	server1 := scs.New()
+	server1.Store = etcdstore.NewWithPrefix(client, "example:")
+
+	// A request on the first app server starts a session.
+	ctx, err := server1.Load(context.Background(), "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	server1.Put(ctx, "user", "alice")
+	token, _, err := server1.Commit(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	// The next request, with its cookie, lands on the second.
+	other := newClient()
+	defer other.Close()
+	server2 := scs.New()
+	server2.Store = etcdstore.NewWithPrefix(other, "example:")
+	ctx, err = server2.Load(context.Background(), token)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(server2.GetString(ctx, "user"))
+	// Output: alice
+}
+
+// Two apps on one etcd cluster keep their sessions under prefixes of
+// their own, and each lists only its own. No prefix may be a prefix of
+// another: end each with a separator.
+func ExampleNewWithPrefix() {
+	client := newClient()
+	defer client.Close()
+
+	shop := etcdstore.NewWithPrefix(client, "example-shop:session:")
+	admin := etcdstore.NewWithPrefix(client, "example-admin:session:")
+	expiry := time.Now().Add(time.Hour)
+	for _, token := range []string{"a", "b"} {
+		if err := shop.Commit(token, []byte("cart"), expiry); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if err := admin.Commit("c", []byte("root"), expiry); err != nil {
+		log.Fatal(err)
+	}
+
+	shopSessions, err := shop.All()
+	if err != nil {
+		log.Fatal(err)
+	}
+	adminSessions, err := admin.All()
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(len(shopSessions), "shop sessions,", len(adminSessions), "admin session")
+	// Output: 2 shop sessions, 1 admin session
+}
+
+// An ErrorFunc that tells a session too large for etcd from other store
+// errors, and answers it with 413.
+func ExampleErrValueTooLarge() {
+	client := newClient()
 	defer client.Close()
 
 	sessionManager := scs.New()
-	sessionManager.Store = etcdstore.New(client)
-	sessionManager.IdleTimeout = 20 * time.Minute
-
+	sessionManager.Store = etcdstore.NewWithPrefix(client, "example-large:")
+	sessionManager.ErrorFunc = func(w http.ResponseWriter, r *http.Request, err error) {
+		if errors.Is(err, etcdstore.ErrValueTooLarge) {
+			http.Error(w, "session too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		log.Printf("%s %s: %v", r.Method, r.URL.Path, err)
+		http.Error(w, http.StatusText(http.StatusInternalServerError), http.StatusInternalServerError)
+	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/put", func(w http.ResponseWriter, r *http.Request) {
-		sessionManager.Put(r.Context(), "message", "Hello from a session!")
+	mux.HandleFunc("/upload", func(w http.ResponseWriter, r *http.Request) {
+		// Over etcd's default --max-request-bytes, 1.5 MiB: keep large
+		// things out of the session and a key to them in it.
+		sessionManager.Put(r.Context(), "file", make([]byte, 2<<20))
 	})
-	mux.HandleFunc("/get", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, sessionManager.GetString(r.Context(), "message"))
-	})
-	log.Fatal(http.ListenAndServe(":4000", sessionManager.LoadAndSave(mux)))
-}
+	srv := httptest.NewServer(sessionManager.LoadAndSave(mux))
+	defer srv.Close()
 
-// Several apps on one etcd cluster each keep their sessions under a
-// prefix of their own. No prefix may be a prefix of another: end each
-// with a separator.
-func ExampleNewWithPrefix() {
-	client, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://127.0.0.1:2379"}})
+	resp, err := http.Get(srv.URL + "/upload")
 	if err != nil {
 		log.Fatal(err)
 	}
+	resp.Body.Close()
+	fmt.Println(resp.Status)
+	// Output: 413 Request Entity Too Large
+}
+
+// With SCS's IdleTimeout every request commits its session. With the
+// touch interval at half of it, a request that changes nothing writes
+// nothing until the session's expiry has moved by the interval.
+func ExampleWithTouchInterval() {
+	client := newClient()
 	defer client.Close()
 
-	shop := scs.New()
-	shop.Store = etcdstore.NewWithPrefix(client, "shop:session:")
+	sessionManager := scs.New()
+	sessionManager.IdleTimeout = 20 * time.Minute
+	sessionManager.Store = etcdstore.NewWithPrefix(client, "example-touch:",
+		etcdstore.WithTouchInterval(sessionManager.IdleTimeout/2))
 
-	admin := scs.New()
-	admin.Store = etcdstore.NewWithPrefix(client, "admin:session:",
-		// Sessions that expire within the same 5 minutes share a lease.
-		etcdstore.WithLeaseBucket(5*time.Minute))
+	revision := func() int64 {
+		resp, err := client.Get(context.Background(), "revision", clientv3.WithCountOnly())
+		if err != nil {
+			log.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	// One request starts a session; ten more only read it.
+	ctx, _ := sessionManager.Load(context.Background(), "")
+	sessionManager.Put(ctx, "user", "alice")
+	token, _, err := sessionManager.Commit(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	before := revision()
+	for range 10 {
+		ctx, err := sessionManager.Load(context.Background(), token)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if _, _, err := sessionManager.Commit(ctx); err != nil {
+			log.Fatal(err)
+		}
+	}
+	fmt.Println("etcd writes for 10 unchanged requests:", revision()-before)
+	// Output: etcd writes for 10 unchanged requests: 0
+}
+
+// A session deleted while a request that loaded it is in flight, by a
+// logout on another app server, stays deleted: the request's commit at
+// its end writes nothing.
+func ExampleEtcdStore_DeleteCtx() {
+	client := newClient()
+	defer client.Close()
+	store := etcdstore.NewWithPrefix(client, "example-logout:")
+	expiry := time.Now().Add(time.Hour)
+	if err := store.Commit("token", []byte("session"), expiry); err != nil {
+		log.Fatal(err)
+	}
+
+	// A request loads the session...
+	data, _, err := store.Find("token")
+	if err != nil {
+		log.Fatal(err)
+	}
+	// ...another app server logs the user out...
+	otherClient := newClient()
+	defer otherClient.Close()
+	if err := etcdstore.NewWithPrefix(otherClient, "example-logout:").DeleteCtx(context.Background(), "token"); err != nil {
+		log.Fatal(err)
+	}
+	// ...and the request ends, committing what it loaded.
+	if err := store.Commit("token", data, expiry); err != nil {
+		log.Fatal(err)
+	}
+	_, found, err := store.Find("token")
+	fmt.Println("found after logout:", found, err)
+	// Output: found after logout: false <nil>
+}
+
+// On a cluster that holds only sessions, every app server runs the
+// compactor; each interval one of them compacts etcd's history.
+func ExampleRunCompactor() {
+	client := newClient()
+	defer client.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	// In an app: context.Background() and 5*time.Minute, in a goroutine.
+	err := etcdstore.RunCompactor(ctx, client, 100*time.Millisecond, func(err error) { log.Print(err) })
+	fmt.Println(err)
+
+	resp, err := client.Get(context.Background(), etcdstore.CompactorKey)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("some server took an interval:", len(resp.Kvs) == 1 && resp.Kvs[0].Version >= 1)
+	// Output:
+	// context deadline exceeded
+	// some server took an interval: true
 }
