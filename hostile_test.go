@@ -525,7 +525,7 @@ func TestConstructorPanics(t *testing.T) {
 		{`NewWithPrefix(nil, "")`, func() { NewWithPrefix(nil, "") }},
 	}
 	for _, tt := range tests {
-		func() {
+		t.Run(tt.name, func(t *testing.T) {
 			defer func() {
 				r := recover()
 				if msg := fmt.Sprint(r); r == nil || !strings.HasPrefix(msg, "etcdstore: ") {
@@ -533,6 +533,6 @@ func TestConstructorPanics(t *testing.T) {
 				}
 			}()
 			tt.f()
-		}()
+		})
 	}
 }

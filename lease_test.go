@@ -1,10 +1,16 @@
 package etcdstore
 
 import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdstore/etcdstore/internal/etcdtest"
 )
 
 var t0 = time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
@@ -178,5 +184,172 @@ func TestLeaseTableForgetsOnlyThatLease(t *testing.T) {
 	tab.forget(7)
 	if tab.current(ba) != 0 || tab.current(bb) != 8 {
 		t.Fatalf("forget(7): a=%d b=%d, want a=0 b=8", tab.current(ba), tab.current(bb))
+	}
+}
+
+// Lease reuse against a real etcd.
+
+// TestLeasesShared: thousands of concurrent commits of 24 h sessions
+// create a handful of leases, one per 1000 keys, where the upstream store
+// grants one per commit and never revokes them.
+func TestLeasesShared(t *testing.T) {
+	t.Parallel()
+	s, c := newStore(t)
+	const commits, workers = 3000, 32
+	// A fixed clock keeps every session in one bucket, whenever the test
+	// runs.
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < commits; i += workers {
+				if err := s.Commit(fmt.Sprintf("tok%05d", i), []byte("x"), now.Add(24*time.Hour)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	got := etcdtest.Leases(t, c)
+	if want := commits / defaultMaxKeysPerLease; got < want || got > want+1 {
+		t.Fatalf("%d commits made %d leases, want %d (or %d)", commits, got, want, want+1)
+	}
+	t.Logf("%d concurrent commits of 24 h sessions: %d leases", commits, got)
+
+	// Re-committing the same sessions (as SCS does on every request with
+	// IdleTimeout) keeps within one lease per 1000 commits.
+	const recommits = 1000
+	var rewg sync.WaitGroup
+	for w := range workers {
+		rewg.Add(1)
+		go func() {
+			defer rewg.Done()
+			for i := w; i < recommits; i += workers {
+				if err := s.Commit(fmt.Sprintf("tok%05d", i%100), []byte("y"), now.Add(24*time.Hour)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	rewg.Wait()
+	if after := etcdtest.Leases(t, c); after-got > recommits/defaultMaxKeysPerLease {
+		t.Fatalf("%d more commits made %d more leases", recommits, after-got)
+	}
+}
+
+// TestConcurrentGrantsCollapse: commits that all need the same new lease
+// cause one grant.
+func TestConcurrentGrantsCollapse(t *testing.T) {
+	t.Parallel()
+	s, c := newStore(t)
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if err := s.Commit(fmt.Sprint("tok", i), []byte("x"), now.Add(time.Hour)); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if n := etcdtest.Leases(t, c); n != 1 {
+		t.Fatalf("64 concurrent commits of one bucket granted %d leases, want 1", n)
+	}
+}
+
+// TestMaxKeysPerLease: the cap holds under concurrency, and each key is
+// on a lease.
+func TestMaxKeysPerLease(t *testing.T) {
+	t.Parallel()
+	s, c := newStore(t, WithMaxKeysPerLease(5))
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Commit(fmt.Sprint("tok", i), []byte("x"), now.Add(time.Hour)); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	resp, err := c.Get(ctxFor(t), s.prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	perLease := map[int64]int{}
+	for _, kv := range resp.Kvs {
+		perLease[kv.Lease]++
+	}
+	if len(resp.Kvs) != 40 || perLease[0] != 0 {
+		t.Fatalf("%d keys, %d without a lease; want 40, 0", len(resp.Kvs), perLease[0])
+	}
+	for id, n := range perLease {
+		if n > 5 {
+			t.Errorf("lease %x holds %d keys, cap 5", id, n)
+		}
+	}
+	if len(perLease) < 8 {
+		t.Errorf("40 keys on %d leases, want at least 8", len(perLease))
+	}
+}
+
+// TestLeaseRevokedElsewhere: a lease revoked behind the store's back (by
+// another client, or lost in a restore from backup) is forgotten and the
+// commit retried on a fresh one.
+func TestLeaseRevokedElsewhere(t *testing.T) {
+	t.Parallel()
+	s, c := newStore(t)
+	ctx := ctxFor(t)
+	expiry := time.Now().Add(time.Hour)
+	if err := s.Commit("a", []byte("x"), expiry); err != nil {
+		t.Fatal(err)
+	}
+	old := rawValue(t, c, s, "a").lease
+	if _, err := c.Revoke(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit("b", []byte("y"), expiry); err != nil {
+		t.Fatalf("Commit after the revoke: %v", err)
+	}
+	kv := rawValue(t, c, s, "b")
+	if kv == nil || kv.lease == old {
+		t.Fatalf("after the revoke the key is %+v, want it on a new lease", kv)
+	}
+	if b, found, err := s.Find("b"); err != nil || !found || string(b) != "y" {
+		t.Fatalf("Find = %q, %v, %v", b, found, err)
+	}
+}
+
+func TestGrantFailureIsAnError(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	// The canceled grant is the first RPC of the commit.
+	err := s.CommitCtx(ctx, "tok", []byte("x"), time.Now().Add(time.Hour))
+	if err == nil || !strings.Contains(err.Error(), "lease") {
+		t.Fatalf("Commit with a failing grant = %v, want an error about the lease", err)
+	}
+	if err := s.Commit("tok", []byte("x"), time.Now().Add(time.Hour)); err != nil {
+		t.Fatalf("Commit after a failed grant: %v", err)
 	}
 }

@@ -2,9 +2,7 @@ package etcdstore_test
 
 import (
 	"context"
-	"io"
 	"net/http"
-	"net/http/cookiejar"
 	"net/http/httptest"
 	"sort"
 	"strings"
@@ -16,6 +14,8 @@ import (
 
 	"github.com/etcdstore/etcdstore"
 	"github.com/etcdstore/etcdstore/internal/etcdtest"
+	"github.com/etcdstore/etcdstore/internal/exampleapp"
+	"github.com/etcdstore/etcdstore/internal/webtest"
 )
 
 // appServer is one app server: an SCS session manager on the shared store
@@ -27,76 +27,14 @@ type appServer struct {
 
 func newAppServer(t *testing.T, store scs.Store) *appServer {
 	t.Helper()
-	sm := scs.New()
-	sm.Store = store
-	sm.Lifetime = time.Hour
+	sm := exampleapp.NewSessionManager(store, 0, time.Hour)
 	sm.ErrorFunc = func(w http.ResponseWriter, r *http.Request, err error) {
 		t.Errorf("%s %s: %v", r.Method, r.URL.Path, err)
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/put", func(w http.ResponseWriter, r *http.Request) {
-		sm.Put(r.Context(), "message", r.URL.Query().Get("m"))
-	})
-	mux.HandleFunc("/get", func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, sm.GetString(r.Context(), "message"))
-	})
-	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
-		if err := sm.RenewToken(r.Context()); err != nil {
-			t.Error(err)
-		}
-		sm.Put(r.Context(), "user", r.URL.Query().Get("user"))
-	})
-	mux.HandleFunc("/logout", func(w http.ResponseWriter, r *http.Request) {
-		if err := sm.Destroy(r.Context()); err != nil {
-			t.Error(err)
-		}
-	})
-	srv := httptest.NewServer(sm.LoadAndSave(mux))
+	srv := httptest.NewServer(exampleapp.New(sm))
 	t.Cleanup(srv.Close)
 	return &appServer{sm: sm, url: srv.URL}
-}
-
-// browser is a user agent with a cookie jar, sending requests to any app
-// server as a load balancer would.
-type browser struct {
-	t      *testing.T
-	client *http.Client
-}
-
-func newBrowser(t *testing.T) *browser {
-	jar, err := cookiejar.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &browser{t: t, client: &http.Client{Jar: jar, Timeout: 30 * time.Second}}
-}
-
-func (b *browser) get(app *appServer, path string) string {
-	b.t.Helper()
-	resp, err := b.client.Get(app.url + path)
-	if err != nil {
-		b.t.Fatalf("GET %s: %v", path, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		b.t.Fatalf("GET %s: %s: %s", path, resp.Status, body)
-	}
-	b.t.Cleanup(b.client.CloseIdleConnections)
-	return string(body)
-}
-
-// token returns the session token the browser holds for app.
-func (b *browser) token(app *appServer) string {
-	b.t.Helper()
-	req := httptest.NewRequest("GET", app.url, nil)
-	for _, c := range b.client.Jar.Cookies(req.URL) {
-		if c.Name == app.sm.Cookie.Name {
-			return c.Value
-		}
-	}
-	return ""
 }
 
 func sessionKeys(t *testing.T, c *clientv3.Client, prefix string) []string {
@@ -125,30 +63,30 @@ func TestSCSTwoAppServers(t *testing.T) {
 	// process would.
 	app2 := newAppServer(t, etcdstore.NewWithPrefix(srv.Client(t), prefix))
 
-	alice, bob := newBrowser(t), newBrowser(t)
-	alice.get(app1, "/put?m=hello")
-	if got := alice.get(app2, "/get"); got != "hello" {
+	alice, bob := webtest.New(t), webtest.New(t)
+	alice.MustGet(app1.url, "/put?m=hello")
+	if got := alice.MustGet(app2.url, "/get"); got != "hello\n" {
 		t.Fatalf("app2 read %q, want the value put through app1", got)
 	}
-	bob.get(app2, "/put?m=bye")
-	if got := bob.get(app1, "/get"); got != "bye" {
+	bob.MustGet(app2.url, "/put?m=bye")
+	if got := bob.MustGet(app1.url, "/get"); got != "bye\n" {
 		t.Fatalf("app1 read %q, want the value put through app2", got)
 	}
 
-	before := alice.token(app1)
-	alice.get(app2, "/login?user=alice")
-	after := alice.token(app1)
+	before := alice.Token(app1.url)
+	alice.MustGet(app2.url, "/login?name=alice")
+	after := alice.Token(app1.url)
 	if before == "" || after == before {
 		t.Fatalf("login: token %q -> %q, want a new token", before, after)
 	}
 	keys := sessionKeys(t, c, prefix)
 	sort.Strings(keys)
-	want := []string{after, bob.token(app1)}
+	want := []string{after, bob.Token(app1.url)}
 	sort.Strings(want)
 	if strings.Join(keys, ",") != strings.Join(want, ",") {
 		t.Fatalf("after RenewToken etcd holds %q, want %q (old token gone)", keys, want)
 	}
-	if got := alice.get(app1, "/get"); got != "hello" {
+	if got := alice.MustGet(app1.url, "/get"); got != "hello\n" {
 		t.Fatalf("after login the session lost its data: %q", got)
 	}
 
@@ -157,15 +95,15 @@ func TestSCSTwoAppServers(t *testing.T) {
 		users[app1.sm.Token(ctx)] = app1.sm.GetString(ctx, "message")
 		return nil
 	})
-	if err != nil || len(users) != 2 || users[after] != "hello" || users[bob.token(app1)] != "bye" {
+	if err != nil || len(users) != 2 || users[after] != "hello" || users[bob.Token(app1.url)] != "bye" {
 		t.Fatalf("Iterate saw %v, %v; want both sessions", users, err)
 	}
 
-	alice.get(app1, "/logout")
-	if keys := sessionKeys(t, c, prefix); len(keys) != 1 || keys[0] != bob.token(app1) {
+	alice.MustGet(app1.url, "/logout")
+	if keys := sessionKeys(t, c, prefix); len(keys) != 1 || keys[0] != bob.Token(app1.url) {
 		t.Fatalf("after Destroy etcd holds %q, want only bob's session", keys)
 	}
-	if got := alice.get(app2, "/get"); got != "" {
+	if got := alice.MustGet(app2.url, "/get"); got != "\n" {
 		t.Fatalf("after logout the session still reads %q", got)
 	}
 }
@@ -181,16 +119,16 @@ func TestSCSIdleTimeout(t *testing.T) {
 	app := newAppServer(t, etcdstore.NewWithPrefix(c, prefix))
 	app.sm.IdleTimeout = 500 * time.Millisecond
 
-	b := newBrowser(t)
-	b.get(app, "/put?m=secret")
-	if got := b.get(app, "/get"); got != "secret" {
+	b := webtest.New(t)
+	b.MustGet(app.url, "/put?m=secret")
+	if got := b.MustGet(app.url, "/get"); got != "secret\n" {
 		t.Fatalf("within the idle timeout: %q", got)
 	}
 	time.Sleep(600 * time.Millisecond)
 	if len(sessionKeys(t, c, prefix)) == 0 {
 		t.Log("etcd already removed the key")
 	}
-	if got := b.get(app, "/get"); got != "" {
+	if got := b.MustGet(app.url, "/get"); got != "\n" {
 		t.Fatalf("after the idle timeout the session came back: %q", got)
 	}
 }
@@ -212,13 +150,13 @@ func TestSCSTouchInterval(t *testing.T) {
 		apps = append(apps, app)
 	}
 
-	b := newBrowser(t)
-	b.get(apps[0], "/login?user=alice")
-	b.get(apps[1], "/put?m=hello")
+	b := webtest.New(t)
+	b.MustGet(apps[0].url, "/login?name=alice")
+	b.MustGet(apps[1].url, "/put?m=hello")
 	before := etcdtest.Revision(t, c)
 	const requests = 40
 	for i := range requests {
-		if got := b.get(apps[i%2], "/get"); got != "hello" {
+		if got := b.MustGet(apps[i%2].url, "/get"); got != "hello\n" {
 			t.Fatalf("request %d: %q", i, got)
 		}
 	}
@@ -226,11 +164,11 @@ func TestSCSTouchInterval(t *testing.T) {
 		t.Fatalf("%d unchanged requests wrote %d times, want 0", requests, n)
 	}
 
-	b.get(apps[0], "/put?m=changed")
+	b.MustGet(apps[0].url, "/put?m=changed")
 	if n := etcdtest.Revision(t, c) - before; n != 1 {
 		t.Fatalf("a changing request wrote %d times, want 1", n)
 	}
-	if got := b.get(apps[1], "/get"); got != "changed" {
+	if got := b.MustGet(apps[1].url, "/get"); got != "changed\n" {
 		t.Fatalf("the other app server read %q after the change, want %q", got, "changed")
 	}
 }

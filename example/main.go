@@ -23,7 +23,7 @@
 // Routes:
 //
 //	/          what the session holds
-//	/put       store a message in the session
+//	/put       store the form value "m" in the session, or a greeting
 //	/get       show the message
 //	/login     log in as the form value "name", under a new token
 //	/logout    destroy the session

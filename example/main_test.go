@@ -4,14 +4,14 @@ import (
 	"context"
 	"io"
 	"net"
-	"net/http"
-	"net/http/cookiejar"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/etcdstore/etcdstore/internal/webtest"
 )
 
 // TestMain fails the run if a test leaves a goroutine behind: every
@@ -25,40 +25,6 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("github.com/alexedwards/scs/v2/memstore.(*MemStore).startCleanup"))
 }
 
-// browser is an HTTP client with a cookie jar.
-type browser struct {
-	t      *testing.T
-	client *http.Client
-}
-
-func newBrowser(t *testing.T) *browser {
-	t.Helper()
-	jar, err := cookiejar.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &browser{t: t, client: &http.Client{Jar: jar, Timeout: 10 * time.Second}}
-	t.Cleanup(b.client.CloseIdleConnections)
-	return b
-}
-
-// want requests base+path and checks for 200 and the body.
-func (b *browser) want(base, path, body string) {
-	b.t.Helper()
-	resp, err := b.client.Get(base + path)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	got, err := io.ReadAll(resp.Body)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK || string(got) != body {
-		b.t.Fatalf("GET %s: %s %q, want 200 %q", path, resp.Status, got, body)
-	}
-}
-
 // The app as run from the command line: it starts an embedded etcd in its
 // data directory, serves, stops cleanly when its context ends, and finds
 // its sessions again when started anew on the same directory.
@@ -68,7 +34,7 @@ func TestServeKeepsSessionsAcrossRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ann := newBrowser(t)
+	ann := webtest.New(t)
 
 	// start runs serve in the background and returns the app's URL and a
 	// func that stops it and waits for it to return.
@@ -97,13 +63,13 @@ func TestServeKeepsSessionsAcrossRestarts(t *testing.T) {
 	}
 
 	base, stop := start()
-	ann.want(base, "/put", "stored\n")
-	ann.want(base, "/login?name=ann", "logged in as ann\n")
+	ann.Want(base, "/put", "stored\n")
+	ann.Want(base, "/login?name=ann", "logged in as ann\n")
 	stop()
 
 	base, stop = start() // another port on the same host: the cookie still goes
-	ann.want(base, "/get", "Hello from a session!\n")
-	ann.want(base, "/sessions", "live sessions: 1\n")
+	ann.Want(base, "/get", "Hello from a session!\n")
+	ann.Want(base, "/sessions", "live sessions: 1\n")
 	stop()
 }
 

@@ -89,11 +89,12 @@ func Start(tb testing.TB, opts ...Option) *Server {
 // The caller sets InitialCluster.
 func Config(tb testing.TB, name, dir string) *embed.Config {
 	tb.Helper()
-	cfg := embed.NewConfig()
-	cfg.Name = name
-	cfg.Dir = dir
+	cfg := embedetcd.Local(name, dir)
+	// etcd's defaults, not the example's: tests that need compaction or a
+	// quota ask for them (WithCompaction, WithQuota).
+	cfg.AutoCompactionRetention = embed.NewConfig().AutoCompactionRetention
+	cfg.QuotaBackendBytes = 0
 	cfg.UnsafeNoFsync = true
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	client, peer := freeURL(tb), freeURL(tb)
 	cfg.ListenClientUrls = []url.URL{client}
 	cfg.AdvertiseClientUrls = []url.URL{client}
@@ -204,4 +205,14 @@ func Revision(tb testing.TB, c *clientv3.Client) int64 {
 		tb.Fatalf("etcdtest: read revision: %v", err)
 	}
 	return resp.Header.Revision
+}
+
+// Leases returns how many leases the cluster holds, as c sees it.
+func Leases(tb testing.TB, c *clientv3.Client) int {
+	tb.Helper()
+	resp, err := c.Leases(Context(tb, 30*time.Second))
+	if err != nil {
+		tb.Fatalf("etcdtest: list leases: %v", err)
+	}
+	return len(resp.Leases)
 }

@@ -17,6 +17,12 @@ import (
 // MaxNameLen bounds the name a visitor logs in under, in bytes.
 const MaxNameLen = 64
 
+// MaxMessageLen bounds the message /put stores, in bytes.
+const MaxMessageLen = 1024
+
+// defaultMessage is what /put stores without a message, as in SCS's README.
+const defaultMessage = "Hello from a session!"
+
 // Session keys.
 const (
 	keyMessage = "message" // string: what /put stores
@@ -39,7 +45,7 @@ func NewSessionManager(store scs.Store, idle, lifetime time.Duration) *scs.Sessi
 // loads each request's session and commits it before the response.
 //
 //	/          what the session holds, and the routes
-//	/put       store a message in the session
+//	/put       store the form value "m" in the session, or a greeting
 //	/get       show the message
 //	/login     log in as the form value "name", under a new token
 //	/logout    destroy the session
@@ -69,12 +75,21 @@ func (a *app) home(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "not logged in")
 	}
 	fmt.Fprintf(w, "message: %q\n\n", a.sm.GetString(ctx, keyMessage))
-	fmt.Fprintln(w, "routes: /put /get /login?name=NAME /logout /sessions")
+	fmt.Fprintln(w, "routes: /put?m=MESSAGE /get /login?name=NAME /logout /sessions")
 }
 
-// put stores a message, as in SCS's README.
+// put stores the form value "m" (query or body) as the message, or, as in
+// SCS's README, a greeting when there is none.
 func (a *app) put(w http.ResponseWriter, r *http.Request) {
-	a.sm.Put(r.Context(), keyMessage, "Hello from a session!")
+	msg := r.FormValue("m")
+	if len(msg) > MaxMessageLen {
+		http.Error(w, fmt.Sprintf("m must be at most %d bytes", MaxMessageLen), http.StatusBadRequest)
+		return
+	}
+	if msg == "" {
+		msg = defaultMessage
+	}
+	a.sm.Put(r.Context(), keyMessage, msg)
 	fmt.Fprintln(w, "stored")
 }
 

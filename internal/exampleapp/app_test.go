@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/etcdstore/etcdstore"
 	"github.com/etcdstore/etcdstore/internal/etcdtest"
+	"github.com/etcdstore/etcdstore/internal/webtest"
 )
 
 // TestMain fails the run if a test leaves a goroutine behind. The one
@@ -42,62 +42,6 @@ func startInstance(t *testing.T, srv *etcdtest.Server, prefix string, idle time.
 	return &instance{url: ts.URL, store: store}
 }
 
-// browser is an HTTP client with a cookie jar.
-type browser struct {
-	t      *testing.T
-	client *http.Client
-}
-
-func newBrowser(t *testing.T) *browser {
-	t.Helper()
-	jar, err := cookiejar.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &browser{t: t, client: &http.Client{Jar: jar, Timeout: 10 * time.Second}}
-	t.Cleanup(b.client.CloseIdleConnections)
-	return b
-}
-
-// get requests base+path and returns the status and body.
-func (b *browser) get(base, path string) (int, string) {
-	b.t.Helper()
-	resp, err := b.client.Get(base + path)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	return resp.StatusCode, string(body)
-}
-
-// want requests base+path and checks for 200 and the body.
-func (b *browser) want(base, path, body string) {
-	b.t.Helper()
-	code, got := b.get(base, path)
-	if code != http.StatusOK || got != body {
-		b.t.Fatalf("GET %s: %d %q, want 200 %q", path, code, got, body)
-	}
-}
-
-// token returns the session cookie the browser holds for base, or "".
-func (b *browser) token(base string) string {
-	b.t.Helper()
-	u, err := url.Parse(base)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	for _, c := range b.client.Jar.Cookies(u) {
-		if c.Name == "session" {
-			return c.Value
-		}
-	}
-	return ""
-}
-
 func found(t *testing.T, store *etcdstore.EtcdStore, token string) bool {
 	t.Helper()
 	_, ok, err := store.FindCtx(etcdtest.Context(t, 10*time.Second), token)
@@ -112,12 +56,12 @@ const hello = "Hello from a session!\n"
 func TestPutGet(t *testing.T) {
 	t.Parallel()
 	app := startInstance(t, etcdtest.Start(t), "sessions:", time.Hour)
-	ann, bob := newBrowser(t), newBrowser(t)
-	ann.want(app.url, "/get", "\n")
-	ann.want(app.url, "/put", "stored\n")
-	ann.want(app.url, "/get", hello)
-	bob.want(app.url, "/get", "\n")
-	if !found(t, app.store, ann.token(app.url)) {
+	ann, bob := webtest.New(t), webtest.New(t)
+	ann.Want(app.url, "/get", "\n")
+	ann.Want(app.url, "/put", "stored\n")
+	ann.Want(app.url, "/get", hello)
+	bob.Want(app.url, "/get", "\n")
+	if !found(t, app.store, ann.Token(app.url)) {
 		t.Fatal("ann's session is not in the store")
 	}
 }
@@ -133,29 +77,29 @@ func TestInstancesShareSessions(t *testing.T) {
 
 	// Cookies do not depend on the port, so one jar serves all three
 	// loopback servers.
-	ann := newBrowser(t)
-	ann.want(a.url, "/put", "stored\n")
-	ann.want(b.url, "/get", hello)
-	ann.want(b.url, "/login?name=ann", "logged in as ann\n")
-	ann.want(a.url, "/", "logged in as ann\nmessage: \"Hello from a session!\"\n\nroutes: /put /get /login?name=NAME /logout /sessions\n")
+	ann := webtest.New(t)
+	ann.Want(a.url, "/put", "stored\n")
+	ann.Want(b.url, "/get", hello)
+	ann.Want(b.url, "/login?name=ann", "logged in as ann\n")
+	ann.Want(a.url, "/", "logged in as ann\nmessage: \"Hello from a session!\"\n\nroutes: /put?m=MESSAGE /get /login?name=NAME /logout /sessions\n")
 	// Another prefix is another set of sessions.
-	ann.want(other.url, "/get", "\n")
+	ann.Want(other.url, "/get", "\n")
 }
 
 func TestLoginRenewsTokenAndLogoutDestroys(t *testing.T) {
 	t.Parallel()
 	app := startInstance(t, etcdtest.Start(t), "sessions:", time.Hour)
-	ann := newBrowser(t)
+	ann := webtest.New(t)
 
-	ann.want(app.url, "/put", "stored\n")
-	before := ann.token(app.url)
+	ann.Want(app.url, "/put", "stored\n")
+	before := ann.Token(app.url)
 
 	for _, name := range []string{"", strings.Repeat("x", MaxNameLen+1)} {
-		if code, body := ann.get(app.url, "/login?name="+name); code != http.StatusBadRequest {
+		if code, body := ann.Get(app.url, "/login?name="+name); code != http.StatusBadRequest {
 			t.Fatalf("login with a %d-byte name: %d %q, want 400", len(name), code, body)
 		}
 	}
-	resp, err := ann.client.PostForm(app.url+"/login", url.Values{"name": {"ann"}})
+	resp, err := ann.Client.PostForm(app.url+"/login", url.Values{"name": {"ann"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +107,7 @@ func TestLoginRenewsTokenAndLogoutDestroys(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST /login: %s", resp.Status)
 	}
-	after := ann.token(app.url)
+	after := ann.Token(app.url)
 	if after == "" || after == before {
 		t.Fatalf("token after login %q, before %q: want a new one", after, before)
 	}
@@ -173,29 +117,29 @@ func TestLoginRenewsTokenAndLogoutDestroys(t *testing.T) {
 	if !found(t, app.store, after) {
 		t.Error("the token from the login finds no session")
 	}
-	ann.want(app.url, "/get", hello) // the data survives the new token
+	ann.Want(app.url, "/get", hello) // the data survives the new token
 
-	ann.want(app.url, "/logout", "logged out\n")
-	if tok := ann.token(app.url); tok != "" {
+	ann.Want(app.url, "/logout", "logged out\n")
+	if tok := ann.Token(app.url); tok != "" {
 		t.Errorf("cookie after logout %q, want none", tok)
 	}
 	if found(t, app.store, after) {
 		t.Error("the session is still in the store after logout")
 	}
-	ann.want(app.url, "/get", "\n")
+	ann.Want(app.url, "/get", "\n")
 }
 
 func TestSessionsCountsLiveSessions(t *testing.T) {
 	t.Parallel()
 	app := startInstance(t, etcdtest.Start(t), "sessions:", time.Hour)
-	ann, bob, cat := newBrowser(t), newBrowser(t), newBrowser(t)
+	ann, bob, cat := webtest.New(t), webtest.New(t), webtest.New(t)
 
-	cat.want(app.url, "/sessions", "live sessions: 0\n") // a request that changes nothing makes no session
-	ann.want(app.url, "/put", "stored\n")
-	bob.want(app.url, "/login?name=bob", "logged in as bob\n")
-	cat.want(app.url, "/sessions", "live sessions: 2\n")
-	ann.want(app.url, "/logout", "logged out\n")
-	cat.want(app.url, "/sessions", "live sessions: 1\n")
+	cat.Want(app.url, "/sessions", "live sessions: 0\n") // a request that changes nothing makes no session
+	ann.Want(app.url, "/put", "stored\n")
+	bob.Want(app.url, "/login?name=bob", "logged in as bob\n")
+	cat.Want(app.url, "/sessions", "live sessions: 2\n")
+	ann.Want(app.url, "/logout", "logged out\n")
+	cat.Want(app.url, "/sessions", "live sessions: 1\n")
 }
 
 // SCS itself never checks a session's expiry after the store finds it:
@@ -207,9 +151,9 @@ func TestIdleSessionExpires(t *testing.T) {
 	t.Parallel()
 	const idle = time.Second
 	app := startInstance(t, etcdtest.Start(t), "sessions:", idle, etcdstore.WithLeaseBucket(time.Minute))
-	ann := newBrowser(t)
-	ann.want(app.url, "/login?name=ann", "logged in as ann\n")
-	token := ann.token(app.url)
+	ann := webtest.New(t)
+	ann.Want(app.url, "/login?name=ann", "logged in as ann\n")
+	token := ann.Token(app.url)
 
 	// Poll the store, which does not renew the session as a request
 	// would, until the idle timeout has passed.
@@ -228,7 +172,7 @@ func TestIdleSessionExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	req.AddCookie(&http.Cookie{Name: "session", Value: token})
-	resp, err := ann.client.Do(req)
+	resp, err := ann.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
