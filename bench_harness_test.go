@@ -176,6 +176,7 @@ func runChunk(s *sample, n, goroutines int, op func(i int) error) error {
 // the store's allocations per operation beyond its as
 // allocs-over-<name>.
 func reportBaselines(b *testing.B, store sample, baselines []contender, samples []sample) {
+	b.Helper()
 	for i, c := range baselines {
 		base := samples[i]
 		b.ReportMetric(base.nsPerOp(), c.name+"-ns/op")
@@ -190,6 +191,7 @@ func reportBaselines(b *testing.B, store sample, baselines []contender, samples 
 // takes beyond base, the raw call, as ns-over-<name> and
 // allocs-over-<name>.
 func reportOverhead(b *testing.B, s, base sample, name string) {
+	b.Helper()
 	if base.n == 0 {
 		return
 	}

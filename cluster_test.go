@@ -38,6 +38,7 @@ const (
 
 // faultPrefix is a key prefix of the test's own.
 func faultPrefix(t *testing.T) string {
+	t.Helper()
 	return "fault:" + t.Name() + ":"
 }
 
@@ -88,6 +89,7 @@ type commitLoad struct {
 // s, with tokens unique to the load. The load is stopped when the test
 // ends, if the test has not stopped it.
 func startCommitLoad(t *testing.T, s *EtcdStore, workers int) *commitLoad {
+	t.Helper()
 	l := &commitLoad{stopc: make(chan struct{}), byWork: make([][]commitResult, workers)}
 	for w := range workers {
 		l.wg.Go(func() {

@@ -36,10 +36,12 @@ func newStore(t *testing.T, opts ...Option) (*EtcdStore, *clientv3.Client) {
 }
 
 func testPrefix(t *testing.T) string {
+	t.Helper()
 	return "test:" + t.Name() + ":"
 }
 
 func ctxFor(t *testing.T) context.Context {
+	t.Helper()
 	return etcdtest.Context(t, 30*time.Second)
 }
 
@@ -144,15 +146,17 @@ func TestFindHidesExpired(t *testing.T) {
 		{expiry.Add(time.Minute), false},
 	}
 	for _, tt := range tests {
-		s.now = func() time.Time { return tt.at }
-		_, found, err := s.Find("tok")
-		if err != nil || found != tt.found {
-			t.Errorf("at expiry%+v: Find found=%v err=%v, want found=%v", tt.at.Sub(expiry), found, err, tt.found)
-		}
-		all, err := s.All()
-		if err != nil || (len(all) == 1) != tt.found {
-			t.Errorf("at expiry%+v: All = %d sessions, %v; want found=%v", tt.at.Sub(expiry), len(all), err, tt.found)
-		}
+		t.Run(fmt.Sprintf("expiry%+v", tt.at.Sub(expiry)), func(t *testing.T) {
+			s.now = func() time.Time { return tt.at }
+			_, found, err := s.Find("tok")
+			if err != nil || found != tt.found {
+				t.Errorf("at expiry%+v: Find found=%v err=%v, want found=%v", tt.at.Sub(expiry), found, err, tt.found)
+			}
+			all, err := s.All()
+			if err != nil || (len(all) == 1) != tt.found {
+				t.Errorf("at expiry%+v: All = %d sessions, %v; want found=%v", tt.at.Sub(expiry), len(all), err, tt.found)
+			}
+		})
 	}
 	if rawValue(t, c, s, "tok") == nil {
 		t.Fatal("key is gone: the test shows nothing about the envelope")
@@ -216,10 +220,12 @@ func TestCommitRejects(t *testing.T) {
 		{"expiry after 2262", "tok", time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC), "after the latest"},
 	}
 	for _, tt := range tests {
-		err := s.Commit(tt.token, []byte("x"), tt.expiry)
-		if err == nil || !strings.HasPrefix(err.Error(), "etcdstore: ") || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("%s: Commit = %v, want an etcdstore: error saying %q", tt.name, err, tt.want)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			err := s.Commit(tt.token, []byte("x"), tt.expiry)
+			if err == nil || !strings.HasPrefix(err.Error(), "etcdstore: ") || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("%s: Commit = %v, want an etcdstore: error saying %q", tt.name, err, tt.want)
+			}
+		})
 	}
 	resp, err := c.Get(ctxFor(t), s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil || resp.Count != 0 {

@@ -34,9 +34,11 @@ func TestAdaptiveWidth(t *testing.T) {
 		{20*time.Minute - 1, 32 * time.Second}, // just under the cap
 	}
 	for i, tt := range tests {
-		if got := adaptiveWidth(tt.remaining, defaultMaxBucket); got != tt.want {
-			t.Errorf("#%d: adaptiveWidth(%v) = %v, want %v", i, tt.remaining, got, tt.want)
-		}
+		t.Run(tt.remaining.String(), func(t *testing.T) {
+			if got := adaptiveWidth(tt.remaining, defaultMaxBucket); got != tt.want {
+				t.Errorf("#%d: adaptiveWidth(%v) = %v, want %v", i, tt.remaining, got, tt.want)
+			}
+		})
 	}
 }
 
@@ -62,11 +64,13 @@ func TestBucketFor(t *testing.T) {
 			bucket{10 * time.Minute, t0.Add(24*time.Hour + 10*time.Minute).UnixNano()}},
 	}
 	for _, tt := range tests {
-		got := bucketFor(tt.now, tt.expiry, tt.fixed, defaultMaxBucket)
-		if got != tt.want {
-			t.Errorf("%s: bucketFor = {%v %v}, want {%v %v}", tt.name,
-				got.width, time.Unix(0, got.end).UTC(), tt.want.width, time.Unix(0, tt.want.end).UTC())
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			got := bucketFor(tt.now, tt.expiry, tt.fixed, defaultMaxBucket)
+			if got != tt.want {
+				t.Errorf("%s: bucketFor = {%v %v}, want {%v %v}", tt.name,
+					got.width, time.Unix(0, got.end).UTC(), tt.want.width, time.Unix(0, tt.want.end).UTC())
+			}
+		})
 	}
 }
 
@@ -103,9 +107,11 @@ func TestTTLSeconds(t *testing.T) {
 		{24 * time.Hour, 86400},
 	}
 	for i, tt := range tests {
-		if got := ttlSeconds(tt.d); got != tt.want {
-			t.Errorf("#%d: ttlSeconds(%v) = %d, want %d", i, tt.d, got, tt.want)
-		}
+		t.Run(tt.d.String(), func(t *testing.T) {
+			if got := ttlSeconds(tt.d); got != tt.want {
+				t.Errorf("#%d: ttlSeconds(%v) = %d, want %d", i, tt.d, got, tt.want)
+			}
+		})
 	}
 }
 

@@ -290,8 +290,10 @@ func TestRegisterModel(t *testing.T) {
 		{"guarded commit outlives a concurrent delete", []porcupine.Operation{commit("a", 0, 10), del(20, 40), guarded("b", 30, 50), find("b", 60, 70)}, porcupine.Illegal},
 		{"unknown write seen before its call", []porcupine.Operation{find("x", 0, 10), commit("x", 20, unknownReturn)}, porcupine.Illegal},
 	} {
-		if got := porcupine.CheckOperationsTimeout(registerModel, tc.ops, 10*time.Second); got != tc.want {
-			t.Errorf("%s: got %s, want %s", tc.name, got, tc.want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			if got := porcupine.CheckOperationsTimeout(registerModel, tc.ops, 10*time.Second); got != tc.want {
+				t.Errorf("%s: got %s, want %s", tc.name, got, tc.want)
+			}
+		})
 	}
 }

@@ -169,17 +169,19 @@ func TestTouchIntervalDecodes(t *testing.T) {
 		{"not gob", func() []byte { return []byte("not gob") }},
 		{"not gob, other bytes", func() []byte { return []byte("not gob either") }},
 	} {
-		before := etcdtest.Revision(t, c)
-		data := tt.data()
-		if err := s.Commit("tok", data, expiry); err != nil {
-			t.Fatal(err)
-		}
-		if n := etcdtest.Revision(t, c) - before; n != 1 {
-			t.Errorf("%s: %d writes, want 1", tt.name, n)
-		}
-		if got, _, _ := NewWithPrefix(c, s.prefix).Find("tok"); !bytes.Equal(got, data) {
-			t.Errorf("%s: etcd holds %q, want %q", tt.name, got, data)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			before := etcdtest.Revision(t, c)
+			data := tt.data()
+			if err := s.Commit("tok", data, expiry); err != nil {
+				t.Fatal(err)
+			}
+			if n := etcdtest.Revision(t, c) - before; n != 1 {
+				t.Errorf("%s: %d writes, want 1", tt.name, n)
+			}
+			if got, _, _ := NewWithPrefix(c, s.prefix).Find("tok"); !bytes.Equal(got, data) {
+				t.Errorf("%s: etcd holds %q, want %q", tt.name, got, data)
+			}
+		})
 	}
 }
 

@@ -190,6 +190,7 @@ func NewClient(tb testing.TB, cfg clientv3.Config) *clientv3.Client {
 // Context returns a context for one step of a test, canceled when the
 // test ends or after d.
 func Context(tb testing.TB, d time.Duration) context.Context {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	tb.Cleanup(cancel)
 	return ctx
