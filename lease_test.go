@@ -9,6 +9,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/etcdstore/etcdstore/internal/etcdtest"
 )
@@ -206,23 +207,18 @@ func TestLeasesShared(t *testing.T) {
 	// runs.
 	now := time.Now()
 	s.now = func() time.Time { return now }
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
+	var g errgroup.Group
 	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			for i := w; i < commits; i += workers {
 				if err := s.Commit(fmt.Sprintf("tok%05d", i), []byte("x"), now.Add(24*time.Hour)); err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	got := etcdtest.Leases(t, c)

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/alexedwards/scs/v2"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/etcdstore/etcdstore/internal/etcdtest"
 )
@@ -212,10 +212,9 @@ func TestTouchIntervalConcurrent(t *testing.T) {
 	s, c := newStore(t, WithTouchInterval(time.Minute))
 	ctx := ctxFor(t)
 	expiry := time.Now().Add(time.Hour)
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
+	var group errgroup.Group
 	for g := range 16 {
-		wg.Go(func() {
+		group.Go(func() error {
 			for i := range 25 {
 				var err error
 				switch {
@@ -230,15 +229,13 @@ func TestTouchIntervalConcurrent(t *testing.T) {
 					}
 				}
 				if err != nil {
-					errs <- err
-					return
+					return err
 				}
 			}
+			return nil
 		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := group.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Commit("fresh", []byte("last"), expiry); err != nil {
