@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/alexedwards/scs/v2"
@@ -59,7 +60,9 @@ type EtcdStore struct {
 	memory   *memory
 	touch    time.Duration // WithTouchInterval, or 0
 	codec    scs.Codec
+	timeout  time.Duration    // WithTimeout
 	now      func() time.Time // time.Now; overridden in tests
+	stats    stats
 
 	// afterPage, if set, runs after All reads each page but the last; tests
 	// use it to change the keyspace in the middle of a scan.
@@ -77,6 +80,7 @@ type options struct {
 	touch      time.Duration
 	codec      scs.Codec
 	remembered int
+	timeout    time.Duration
 }
 
 // WithLeaseBucket fixes the width of the time buckets whose sessions share
@@ -191,6 +195,10 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 	if o.touch < 0 {
 		o.touch = 0
 	}
+	if o.timeout <= 0 {
+		o.timeout = defaultTimeout
+	}
+	start := time.Now()
 	return &EtcdStore{
 		client:   client,
 		prefix:   prefix,
@@ -201,11 +209,13 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 			fixed:    o.bucket,
 			maxWidth: defaultMaxBucket,
 			maxKeys:  o.maxKeys,
+			mono:     func() time.Duration { return time.Since(start) },
 		},
-		memory: newMemory(o.remembered),
-		touch:  o.touch,
-		codec:  o.codec,
-		now:    time.Now,
+		memory:  newMemory(o.remembered),
+		touch:   o.touch,
+		codec:   o.codec,
+		timeout: o.timeout,
+		now:     time.Now,
 	}
 }
 
@@ -219,16 +229,27 @@ func (s *EtcdStore) Find(token string) ([]byte, bool, error) {
 // a nil error when there is no such session, it has expired, or the token
 // is empty or longer than MaxTokenLen (no request is made for those). It
 // reads linearizably: a session committed through any member is seen.
-// Errors are those of the etcd request, and an error for a stored value
-// that bears this store's envelope but does not decode.
-func (s *EtcdStore) FindCtx(ctx context.Context, token string) ([]byte, bool, error) {
+// It waits for etcd no longer than the store's timeout (WithTimeout),
+// trying again meanwhile after a leader change or a lost connection.
+// Errors are those of the etcd request, wrapping
+// context.DeadlineExceeded when the deadline passed, and an error for a
+// stored value that bears this store's envelope but does not decode.
+func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, found bool, err error) {
 	if !validToken(token) {
 		return nil, false, nil
 	}
+	s.stats.finds.Add(1)
+	defer func() { s.stats.failed(err) }()
 	if err := s.clientErr(); err != nil {
 		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
 	}
-	resp, err := s.client.Get(ctx, keyFor(s.prefix, token))
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	var resp *clientv3.GetResponse
+	err = s.retry(ctx, func(ctx context.Context) (err error) {
+		resp, err = s.client.Get(ctx, keyFor(s.prefix, token))
+		return err
+	})
 	if err != nil {
 		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
 	}
@@ -237,9 +258,16 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) ([]byte, bool, er
 		s.memory.sawGone(token, rev)
 		return nil, false, nil
 	}
-	data, expiry, live, err := open(resp.Kvs[0].Value, s.now())
+	kv := resp.Kvs[0]
+	data, expiry, live, err := open(kv.Value, s.now())
 	if err != nil {
 		return nil, false, err
+	}
+	if live && expiry.IsZero() {
+		live, err = s.legacyLive(ctx, kv.Lease, nil)
+		if err != nil {
+			return nil, false, fmt.Errorf("etcdstore: find: %w", err)
+		}
 	}
 	if !live {
 		s.memory.sawGone(token, rev)
@@ -254,17 +282,53 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) ([]byte, bool, er
 }
 
 // open decodes a stored value and reports whether it is live at now. A
-// legacy value (no envelope) has a zero expiry and is live for as long as
-// etcd keeps it.
+// legacy value (no envelope) has a zero expiry and is live as far as open
+// can tell: legacyLive asks etcd.
 func open(value []byte, now time.Time) (data []byte, expiry time.Time, live bool, err error) {
 	expiry, hasExpiry, data, err := decodeEnvelope(value)
 	if err != nil {
-		return nil, time.Time{}, false, fmt.Errorf("etcdstore: corrupt session value: %w", err)
+		return nil, time.Time{}, false, fmt.Errorf("%w: %w", errCorrupt, err)
 	}
 	if hasExpiry && !now.Before(expiry) {
 		return nil, time.Time{}, false, nil
 	}
 	return data, expiry, true, nil
+}
+
+// legacyLive reports whether a legacy value, written by
+// github.com/alexedwards/scs/etcdstore without an envelope on lease id
+// (0: none), is live. That store expires a session through its lease
+// alone, so the session is live while the lease has at least a second
+// left: etcd gives the remaining TTL in whole seconds, rounded down
+// (server/etcdserver/v3_server.go, LeaseTimeToLive), so this may call a
+// session expired up to a second early, never late. known, if not nil,
+// holds the answers already had, by lease, and gets this one.
+func (s *EtcdStore) legacyLive(ctx context.Context, id int64, known map[int64]bool) (bool, error) {
+	if id == 0 {
+		return true, nil
+	}
+	if live, ok := known[id]; ok {
+		return live, nil
+	}
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	var resp *clientv3.LeaseTimeToLiveResponse
+	err := s.retry(ctx, func(ctx context.Context) (err error) {
+		resp, err = s.client.TimeToLive(ctx, clientv3.LeaseID(id))
+		return err
+	})
+	var live bool
+	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+	case err != nil:
+		return false, fmt.Errorf("remaining TTL of legacy session's lease %x: %w", id, err)
+	default:
+		live = resp.TTL > 0
+	}
+	if known != nil {
+		known[id] = live
+	}
+	return live, nil
 }
 
 // Commit writes a session, as CommitCtx does with context.Background().
@@ -284,13 +348,22 @@ func (s *EtcdStore) Commit(token string, b []byte, expiry time.Time) error {
 // changes nothing but pushes the expiry back by less than the interval
 // writes nothing either.
 //
+// It waits for etcd no longer than the store's timeout (WithTimeout),
+// trying again meanwhile after a leader change or a lost connection: the
+// same key, value and lease, so a commit that reached etcd twice wrote
+// the same session twice.
+//
 // It returns an error, and writes nothing,
 // when token is empty or longer than MaxTokenLen, when expiry is after
 // the year 2262, when etcd refuses the value for its size (wrapping
-// ErrValueTooLarge), when etcd is out of space (wrapping
-// rpctypes.ErrNoSpace, with what to do in the message), or when the etcd
-// requests fail.
-func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expiry time.Time) error {
+// ErrValueTooLarge), or when etcd is out of space (wrapping
+// rpctypes.ErrNoSpace, with what to do in the message). It returns an
+// error wrapping context.DeadlineExceeded when the deadline passed
+// before etcd answered; the session may then have been written or not.
+// Other errors are those of the etcd requests.
+func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expiry time.Time) (err error) {
+	s.stats.commits.Add(1)
+	defer func() { s.stats.failed(err) }()
 	if token == "" {
 		return errors.New("etcdstore: commit: empty token")
 	}
@@ -312,42 +385,69 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 	seen, known := s.memory.get(token)
 	if known && s.touch > 0 && seen.live && seen.hasData &&
 		touchable(now, seen.expiry, expiry, s.touch) && s.unchanged(token, seen, b) {
+		s.stats.touchesSkipped.Add(1)
 		return nil
 	}
 	value := encodeEnvelope(expiry, b)
-	// One retry: a lease etcd no longer knows is forgotten, and the second
-	// attempt gets a fresh one.
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	var rev int64
+	var written bool
+	err = s.retry(ctx, func(ctx context.Context) (err error) {
+		rev, written, err = s.write(ctx, now, expiry, key, value, known)
+		return err
+	})
+	if err != nil {
+		if tooLarge(err) {
+			return tooLargeError(err, len(key)+len(value))
+		}
+		return commitError(err)
+	}
+	if !written {
+		// Deleted since this store saw it stored: a logout elsewhere,
+		// which this request must not undo.
+		s.stats.refused.Add(1)
+		s.memory.sawGone(token, rev)
+		return nil
+	}
+	wrote := sighting{rev: rev, live: true, expiry: expiry}
+	if s.touch > 0 {
+		wrote.data, wrote.hasData = value[envelopeHeader:], true
+	}
+	s.memory.saw(token, wrote)
+	return nil
+}
+
+// write puts value at key on a lease that outlives expiry (see put), and
+// returns the revision of the write. A lease that etcd no longer knows is
+// forgotten, and the write tried once more on a fresh one.
+func (s *EtcdStore) write(ctx context.Context, now, expiry time.Time, key, value string, guarded bool) (rev int64, written bool, err error) {
 	for attempt := 0; ; attempt++ {
 		id, err := s.leases.acquire(ctx, now, expiry)
 		if err != nil {
-			return commitError(err)
+			return 0, false, err
 		}
-		rev, written, err := s.put(ctx, key, value, id, known)
-		if err == nil {
-			if !written {
-				// Deleted since this store saw it stored: a logout
-				// elsewhere, which this request must not undo.
-				s.memory.sawGone(token, rev)
-				return nil
-			}
-			wrote := sighting{rev: rev, live: true, expiry: expiry}
-			if s.touch > 0 {
-				wrote.data, wrote.hasData = value[envelopeHeader:], true
-			}
-			s.memory.saw(token, wrote)
-			return nil
-		}
+		rev, written, err = s.put(ctx, key, value, id, guarded)
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			s.leases.forget(id)
 			if attempt == 0 {
 				continue
 			}
 		}
-		if tooLarge(err) {
-			return fmt.Errorf("%w: commit of a %d-byte key and value refused; raise the server's --max-request-bytes (default 1.5 MiB) or keep less in the session: %w", ErrValueTooLarge, len(key)+len(value), err)
-		}
-		return commitError(err)
+		return rev, written, err
 	}
+}
+
+// tooLargeError is the error of a commit of size bytes of key and value
+// that etcd refused for its size, naming the limit that refused it: the
+// client's own send limit, whose gRPC error says "trying to send"
+// (grpc-go rpc_util.go), or else the server's.
+func tooLargeError(err error, size int) error {
+	limit := "the server's --max-request-bytes (default 1.5 MiB)"
+	if !errors.Is(err, rpctypes.ErrRequestTooLarge) && strings.Contains(status.Convert(err).Message(), "trying to send") {
+		limit = "the client's send limit, clientv3.Config.MaxCallSendMsgSize (default 2 MiB)"
+	}
+	return fmt.Errorf("%w: commit of a %d-byte key and value refused by %s; raise it or keep less in the session: %w", ErrValueTooLarge, size, limit, err)
 }
 
 // commitError wraps an error of the etcd requests of a commit. etcd out
@@ -442,14 +542,21 @@ func (s *EtcdStore) DeleteCtx(ctx context.Context, token string) error {
 	if !validToken(token) {
 		return nil
 	}
-	return s.delete(ctx, token, "delete")
+	s.stats.deletes.Add(1)
+	return s.stats.failed(s.delete(ctx, token, "delete"))
 }
 
 func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
 	if err := s.clientErr(); err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
-	resp, err := s.client.Delete(ctx, keyFor(s.prefix, token))
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	var resp *clientv3.DeleteResponse
+	err := s.retry(ctx, func(ctx context.Context) (err error) {
+		resp, err = s.client.Delete(ctx, keyFor(s.prefix, token))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
@@ -473,12 +580,13 @@ func (s *EtcdStore) All() (map[string][]byte, error) {
 // one for a stored value that bears this store's envelope but does not
 // decode.
 func (s *EtcdStore) AllCtx(ctx context.Context) (map[string][]byte, error) {
+	s.stats.alls.Add(1)
 	sessions, err := s.scan(ctx)
 	if errors.Is(err, rpctypes.ErrCompacted) {
 		sessions, err = s.scan(ctx)
 	}
 	if err != nil {
-		return nil, err
+		return nil, s.stats.failed(err)
 	}
 	return sessions, nil
 }
@@ -494,11 +602,9 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 	from := s.prefix
 	var tokens []string // the live sessions of a page, and their sightings
 	var seen []sighting
+	var legacy map[int64]bool // whether each lease of legacy values is live
 	for {
-		resp, err := s.client.Get(ctx, from,
-			clientv3.WithRange(s.end),
-			clientv3.WithLimit(s.pageSize),
-			clientv3.WithRev(rev))
+		resp, err := s.page(ctx, from, rev)
 		if err != nil {
 			return nil, fmt.Errorf("etcdstore: all: read from revision %d: %w", rev, err)
 		}
@@ -510,6 +616,14 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 			data, expiry, live, err := open(kv.Value, now)
 			if err != nil {
 				return nil, fmt.Errorf("%w (key %q)", err, kv.Key)
+			}
+			if live && expiry.IsZero() {
+				if legacy == nil {
+					legacy = make(map[int64]bool)
+				}
+				if live, err = s.legacyLive(ctx, kv.Lease, legacy); err != nil {
+					return nil, fmt.Errorf("etcdstore: all: %w", err)
+				}
 			}
 			if live {
 				token := tokenFor(s.prefix, kv.Key)
@@ -529,4 +643,20 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 			s.afterPage()
 		}
 	}
+}
+
+// page reads up to a page of sessions from key from to the end of the
+// prefix at revision rev (0: the current one), within the store's
+// timeout.
+func (s *EtcdStore) page(ctx context.Context, from string, rev int64) (resp *clientv3.GetResponse, err error) {
+	ctx, cancel := s.withDeadline(ctx)
+	defer cancel()
+	err = s.retry(ctx, func(ctx context.Context) (err error) {
+		resp, err = s.client.Get(ctx, from,
+			clientv3.WithRange(s.end),
+			clientv3.WithLimit(s.pageSize),
+			clientv3.WithRev(rev))
+		return err
+	})
+	return resp, err
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -442,6 +443,43 @@ func TestLegacyValue(t *testing.T) {
 	}
 }
 
+// TestLegacyValueExpires: a legacy session, whose expiry is its lease's,
+// is not returned once its lease has ended, though etcd deletes the key
+// only at its next expiry check (every 500 ms on the leader).
+func TestLegacyValueExpires(t *testing.T) {
+	t.Parallel()
+	s, c := newStore(t)
+	ctx := ctxFor(t)
+	lease, err := c.Grant(ctx, 2) // the least TTL an embedded member allows
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The lease ends no later than 2 s after the grant's answer.
+	end := time.Now().Add(time.Duration(lease.TTL) * time.Second)
+	if _, err := c.Put(ctx, s.prefix+"old", "legacy", clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, err := s.Find("old"); err != nil || !found {
+		t.Fatalf("live legacy session: found %v, err %v", found, err)
+	}
+	var late int // Finds after the end that saw the key still in etcd
+	for i := 0; i < 100 && time.Since(end) < 1500*time.Millisecond; i++ {
+		time.Sleep(20 * time.Millisecond)
+		start := time.Now()
+		_, found, err := s.Find("old")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if found && start.After(end) {
+			t.Fatalf("legacy session returned %v after its lease ended", start.Sub(end))
+		}
+		if start.After(end) && rawValue(t, c, s, "old") != nil {
+			late++
+		}
+	}
+	t.Logf("%d Finds after the lease ended saw the key still in etcd", late)
+}
+
 // TestCorruptEnvelope: a value that bears the envelope's marker but does
 // not decode is a system error for Find and All, not a silent miss, and
 // other sessions are unaffected.
@@ -539,17 +577,52 @@ func TestClosedClient(t *testing.T) {
 	}
 }
 
-func TestUnreachableEtcd(t *testing.T) {
+// TestEtcdDown: with etcd stopped, every method called with a context
+// that has no deadline returns, about the store's timeout later, an error
+// wrapping context.DeadlineExceeded, concurrent commits included (they
+// wait on one lease grant). TestMain checks that no goroutine is left.
+func TestEtcdDown(t *testing.T) {
 	t.Parallel()
+	const timeout = time.Second
 	srv := etcdtest.Start(t)
-	c := srv.Client(t)
-	s := New(c)
+	s := NewWithPrefix(srv.Client(t), testPrefix(t), WithTimeout(timeout))
+	if err := s.Commit("seen", []byte("x"), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
 	srv.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	err := s.CommitCtx(ctx, "tok", []byte("x"), time.Now().Add(time.Hour))
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.HasPrefix(err.Error(), "etcdstore: ") {
-		t.Fatalf("Commit with etcd down = %v, want an etcdstore: error wrapping context.DeadlineExceeded", err)
+
+	calls := map[string]func() error{
+		"Find":   func() error { _, _, err := s.Find("seen"); return err },
+		"Delete": func() error { return s.Delete("seen") },
+		"All":    func() error { _, err := s.All(); return err },
+		// A remembered token (a guarded Txn) and new ones (grants).
+		"Commit seen": func() error { return s.Commit("seen", []byte("y"), time.Now().Add(time.Hour)) },
+	}
+	for i := range 4 {
+		calls[fmt.Sprint("Commit new ", i)] = func() error {
+			return s.Commit(fmt.Sprint("new", i), []byte("x"), time.Now().Add(2*time.Hour))
+		}
+	}
+	var wg sync.WaitGroup
+	for name, call := range calls {
+		wg.Go(func() {
+			start := time.Now()
+			err := call()
+			took := time.Since(start)
+			if !errors.Is(err, context.DeadlineExceeded) || !strings.HasPrefix(err.Error(), "etcdstore: ") {
+				t.Errorf("%s with etcd down = %v, want an etcdstore: error wrapping context.DeadlineExceeded", name, err)
+			}
+			// About the timeout: not before it, and not much after it on
+			// a loaded machine.
+			if took < timeout-50*time.Millisecond || took > timeout+3*time.Second {
+				t.Errorf("%s with etcd down returned after %v, want about %v", name, took, timeout)
+			}
+		})
+	}
+	wg.Wait()
+	st := s.Stats()
+	if n := int64(len(calls)); st.Errors.Timeout != n || st.Retries == 0 {
+		t.Errorf("stats after %d calls that timed out: %d timeouts, %d retries; want %d and some", n, st.Errors.Timeout, st.Retries, n)
 	}
 }
 

@@ -345,12 +345,13 @@ func TestHostileValues(t *testing.T) {
 		name   string
 		s      *EtcdStore
 		size   int
-		server bool // refused by etcd's --max-request-bytes check
+		server bool   // refused by etcd's --max-request-bytes check
+		limit  string // the limit the error names
 	}{
-		{"of --max-request-bytes", e.s, hostileMaxRequestBytes, true},
-		{"1 byte over --max-request-bytes", e.s, hostileMaxRequestBytes + 1, true},
-		{"over the server's gRPC receive limit", e.s, hostileMaxRequestBytes + 512<<10 + 1, false},
-		{"over the client's send limit", smallStore, clientLimit + 1, false},
+		{"of --max-request-bytes", e.s, hostileMaxRequestBytes, true, "--max-request-bytes"},
+		{"1 byte over --max-request-bytes", e.s, hostileMaxRequestBytes + 1, true, "--max-request-bytes"},
+		{"over the server's gRPC receive limit", e.s, hostileMaxRequestBytes + 512<<10 + 1, false, "--max-request-bytes"},
+		{"over the client's send limit", smallStore, clientLimit + 1, false, "MaxCallSendMsgSize"},
 	}
 	for i, tt := range tooLarge {
 		data := bytes.Repeat([]byte{0xff}, tt.size)
@@ -365,7 +366,7 @@ func TestHostileValues(t *testing.T) {
 			t.Errorf("#%d: %s: Commit = %v, want it to wrap a ResourceExhausted status", i, tt.name, err)
 		}
 		size := len(e.s.prefix) + len("tok") + envelopeHeader + tt.size
-		for _, want := range []string{"--max-request-bytes", fmt.Sprint(size)} {
+		for _, want := range []string{tt.limit, fmt.Sprint(size)} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("#%d: %s: error %q does not say %q", i, tt.name, err, want)
 			}

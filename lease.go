@@ -8,6 +8,7 @@ import (
 	"math/bits"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -110,6 +111,9 @@ func ttlSeconds(d time.Duration) int64 {
 type leaseEntry struct {
 	id   clientv3.LeaseID
 	keys int // keys attached so far; an upper bound on the keys it holds
+	// end is when the lease ends at the latest, on the monotonic clock:
+	// its TTL after the grant was asked for.
+	end time.Duration
 }
 
 // leaseTable maps buckets to their current lease. It does no I/O and is
@@ -119,10 +123,13 @@ type leaseTable struct {
 }
 
 // take reuses the lease of bucket b when it has room for one more key
-// under maxKeys, counting the key, and reports whether it did.
-func (t *leaseTable) take(b bucket, maxKeys int) (clientv3.LeaseID, bool) {
+// under maxKeys and lasts until until on the monotonic clock, counting
+// the key, and reports whether it did. A lease granted before the wall
+// clock stepped back ends before the sessions of its bucket now expire:
+// it fails the second test, and the bucket gets a new lease.
+func (t *leaseTable) take(b bucket, maxKeys int, until time.Duration) (clientv3.LeaseID, bool) {
 	e := t.entries[b]
-	if e == nil || e.keys >= maxKeys {
+	if e == nil || e.keys >= maxKeys || e.end < until {
 		return 0, false
 	}
 	e.keys++
@@ -137,13 +144,14 @@ func (t *leaseTable) current(b bucket) clientv3.LeaseID {
 	return 0
 }
 
-// add makes id, granted for bucket b with keys already attached, the
-// lease of b, replacing a full one. It first drops every bucket that
+// add makes id, granted for bucket b with keys already attached and
+// ending at end on the monotonic clock, the lease of b, replacing one
+// that is full or ends too soon. It first drops every bucket that
 // ended at or before now, since no session that expires after now falls
 // in it: this keeps the table to the buckets of live sessions without a
 // background goroutine, and costs nothing on the commits that reuse a
 // lease.
-func (t *leaseTable) add(now time.Time, b bucket, id clientv3.LeaseID, keys int) {
+func (t *leaseTable) add(now time.Time, b bucket, id clientv3.LeaseID, keys int, end time.Duration) {
 	if t.entries == nil {
 		t.entries = make(map[bucket]*leaseEntry)
 	}
@@ -153,7 +161,18 @@ func (t *leaseTable) add(now time.Time, b bucket, id clientv3.LeaseID, keys int)
 			delete(t.entries, k)
 		}
 	}
-	t.entries[b] = &leaseEntry{id: id, keys: keys}
+	t.entries[b] = &leaseEntry{id: id, keys: keys, end: end}
+}
+
+// len returns how many buckets that end after now have a lease.
+func (t *leaseTable) len(now time.Time) int {
+	n := 0
+	for k := range t.entries {
+		if k.end > now.UnixNano() {
+			n++
+		}
+	}
+	return n
 }
 
 // forget drops lease id, which etcd no longer knows, so that no further
@@ -173,22 +192,29 @@ type leaseManager struct {
 	fixed    time.Duration // WithLeaseBucket, or 0
 	maxWidth time.Duration
 	maxKeys  int
+	// mono reads the monotonic clock, which no wall clock step moves: the
+	// time since the manager was made.
+	mono func() time.Duration
 
-	grants singleflight.Group
+	grants  singleflight.Group
+	granted atomic.Int64 // leases granted, for Stats
 
 	mu    sync.Mutex // protects table
 	table leaseTable
 }
 
-// acquire returns a lease that outlives expiry and attaches one key to
-// it, granting a lease when the session's bucket has none with room.
-// Concurrent commits that need the same new lease share one Grant. Its
-// errors have no package prefix: the caller adds it.
+// acquire returns a lease that outlives expiry, as the wall clock reads
+// now, and attaches one key to it, granting a lease when the session's
+// bucket has none with room that lasts long enough. Concurrent commits
+// that need the same new lease share one Grant. Its errors have no
+// package prefix: the caller adds it.
 func (m *leaseManager) acquire(ctx context.Context, now, expiry time.Time) (clientv3.LeaseID, error) {
 	b := bucketFor(now, expiry, m.fixed, m.maxWidth)
+	mono := m.mono()
+	until := mono + expiry.Sub(now)
 	for range shareAttempts {
 		m.mu.Lock()
-		id, ok := m.table.take(b, m.maxKeys)
+		id, ok := m.table.take(b, m.maxKeys, until)
 		var prev clientv3.LeaseID
 		if !ok {
 			prev = m.table.current(b)
@@ -202,12 +228,12 @@ func (m *leaseManager) acquire(ctx context.Context, now, expiry time.Time) (clie
 		// that arrives after the replacement has filled up asks anew.
 		key := strconv.FormatInt(int64(b.width), 36) + ":" + strconv.FormatInt(b.end, 36) + ":" + strconv.FormatInt(int64(prev), 36)
 		ch := m.grants.DoChan(key, func() (any, error) {
-			id, err := m.grant(ctx, now, b)
+			id, end, err := m.grant(ctx, now, mono, b)
 			if err != nil {
 				return nil, err
 			}
 			m.mu.Lock()
-			m.table.add(now, b, id, 0)
+			m.table.add(now, b, id, 0, end)
 			m.mu.Unlock()
 			return nil, nil
 		})
@@ -224,26 +250,35 @@ func (m *leaseManager) acquire(ctx context.Context, now, expiry time.Time) (clie
 	}
 	// Others filled every shared lease first: grant one of our own and
 	// let later commits share its remaining room.
-	id, err := m.grant(ctx, now, b)
+	id, end, err := m.grant(ctx, now, mono, b)
 	if err != nil {
 		return 0, err
 	}
 	m.mu.Lock()
-	m.table.add(now, b, id, 1)
+	m.table.add(now, b, id, 1, end)
 	m.mu.Unlock()
 	return id, nil
 }
 
-// grant asks etcd for a lease that lasts at least until the end of b.
-// The TTL is counted from when the server grants, which is after now, so
-// the lease ends no earlier than b does.
-func (m *leaseManager) grant(ctx context.Context, now time.Time, b bucket) (clientv3.LeaseID, error) {
+// grant asks etcd for a lease that lasts at least until the end of b,
+// and returns it with its end at the latest on the monotonic clock. The
+// TTL is counted from when the server grants, which is after now (mono on
+// the monotonic clock), so the lease ends no earlier than b does.
+func (m *leaseManager) grant(ctx context.Context, now time.Time, mono time.Duration, b bucket) (clientv3.LeaseID, time.Duration, error) {
 	ttl := ttlSeconds(time.Unix(0, b.end).Sub(now))
 	resp, err := m.lease.Grant(ctx, ttl)
 	if err != nil {
-		return 0, fmt.Errorf("grant lease of %d s: %w", ttl, err)
+		return 0, 0, fmt.Errorf("grant lease of %d s: %w", ttl, err)
 	}
-	return resp.ID, nil
+	m.granted.Add(1)
+	return resp.ID, mono + time.Duration(ttl)*time.Second, nil
+}
+
+// len returns how many leases serve buckets that end after now.
+func (m *leaseManager) len(now time.Time) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.table.len(now)
 }
 
 // forget drops lease id after etcd reported it unknown (revoked

@@ -16,6 +16,9 @@ import (
 
 var t0 = time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
 
+// forever is the monotonic end of a lease that outlives every test.
+const forever = time.Duration(1<<63 - 1)
+
 func TestAdaptiveWidth(t *testing.T) {
 	tests := []struct {
 		remaining time.Duration
@@ -126,17 +129,17 @@ func TestLeaseTableReuse(t *testing.T) {
 	now := t0
 	b1 := bucketFor(now, now.Add(24*time.Hour), 0, defaultMaxBucket)
 
-	if _, ok := tab.take(b1, maxKeys); ok {
+	if _, ok := tab.take(b1, maxKeys, 0); ok {
 		t.Fatal("empty table: take reused a lease")
 	}
-	tab.add(now, b1, 1, 0)
+	tab.add(now, b1, 1, 0, forever)
 	for i := range maxKeys {
-		id, ok := tab.take(b1, maxKeys)
+		id, ok := tab.take(b1, maxKeys, 0)
 		if !ok || id != 1 {
 			t.Fatalf("key %d: take = %d, %v; want lease 1", i, id, ok)
 		}
 	}
-	if id, ok := tab.take(b1, maxKeys); ok {
+	if id, ok := tab.take(b1, maxKeys, 0); ok {
 		t.Fatalf("full lease: take = %d, want a new grant", id)
 	}
 	if got := tab.current(b1); got != 1 {
@@ -150,8 +153,8 @@ func TestLeaseTableReuse(t *testing.T) {
 	if b != b1 {
 		t.Fatalf("bucket moved: %v, want %v", b, b1)
 	}
-	tab.add(later, b1, 2, 0)
-	if id, _ := tab.take(b1, maxKeys); id != 2 {
+	tab.add(later, b1, 2, 0, forever)
+	if id, _ := tab.take(b1, maxKeys, 0); id != 2 {
 		t.Fatalf("after replacement: take = %d, want 2", id)
 	}
 
@@ -161,14 +164,14 @@ func TestLeaseTableReuse(t *testing.T) {
 	if b2 == b1 {
 		t.Fatal("a minute later, same bucket")
 	}
-	if _, ok := tab.take(b2, maxKeys); ok {
+	if _, ok := tab.take(b2, maxKeys, 0); ok {
 		t.Fatal("new bucket reused another bucket's lease")
 	}
-	tab.add(next, b2, 3, 0)
+	tab.add(next, b2, 3, 0, forever)
 
 	// Once b1 has ended, adding a lease drops it.
 	end := time.Unix(0, b1.end)
-	tab.add(end, bucketFor(end, end.Add(24*time.Hour), 0, defaultMaxBucket), 4, 0)
+	tab.add(end, bucketFor(end, end.Add(24*time.Hour), 0, defaultMaxBucket), 4, 0, forever)
 	if _, ok := tab.entries[b1]; ok {
 		t.Fatal("bucket that ended is still in the table")
 	}
@@ -182,12 +185,50 @@ func TestLeaseTableReuse(t *testing.T) {
 	}
 }
 
+// TestLeaseTableClockSteps: a lease is reused only while it lasts, on
+// the monotonic clock, until the session's expiry, however the wall clock
+// has stepped since the grant.
+func TestLeaseTableClockSteps(t *testing.T) {
+	tests := []struct {
+		name    string
+		step    time.Duration // wall clock step after the grant
+		elapsed time.Duration // monotonic time since the grant
+		reused  bool
+	}{
+		{"no step", 0, 10 * time.Second, true},
+		{"forward 50 s", 50 * time.Second, 10 * time.Second, true},
+		{"back 50 s", -50 * time.Second, 10 * time.Second, false},
+		{"back 5 s", -5 * time.Second, 10 * time.Second, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var tab leaseTable
+			granted := time.Duration(0) // monotonic reading at the grant
+			b := bucketFor(t0, t0.Add(24*time.Hour), 0, defaultMaxBucket)
+			tab.add(t0, b, 1, 0, granted+time.Duration(ttlSeconds(time.Unix(0, b.end).Sub(t0)))*time.Second)
+
+			// A session of the same lifetime, committed once the wall
+			// clock reads t0+elapsed+step, in the bucket of its expiry.
+			now := t0.Add(tt.elapsed + tt.step)
+			expiry := now.Add(24 * time.Hour)
+			if bucketFor(now, expiry, 0, defaultMaxBucket) != b {
+				expiry = time.Unix(0, b.end) // keep it in b: the case under test
+			}
+			until := granted + tt.elapsed + expiry.Sub(now)
+			_, ok := tab.take(b, 1000, until)
+			if ok != tt.reused {
+				t.Errorf("take after a %v step and %v: reused = %v, want %v", tt.step, tt.elapsed, ok, tt.reused)
+			}
+		})
+	}
+}
+
 func TestLeaseTableForgetsOnlyThatLease(t *testing.T) {
 	var tab leaseTable
 	ba := bucketFor(t0, t0.Add(time.Hour), 0, defaultMaxBucket)
 	bb := bucketFor(t0, t0.Add(2*time.Hour), 0, defaultMaxBucket)
-	tab.add(t0, ba, clientv3.LeaseID(7), 0)
-	tab.add(t0, bb, clientv3.LeaseID(8), 0)
+	tab.add(t0, ba, clientv3.LeaseID(7), 0, forever)
+	tab.add(t0, bb, clientv3.LeaseID(8), 0, forever)
 	tab.forget(7)
 	if tab.current(ba) != 0 || tab.current(bb) != 8 {
 		t.Fatalf("forget(7): a=%d b=%d, want a=0 b=8", tab.current(ba), tab.current(bb))
@@ -353,5 +394,49 @@ func TestGrantFailureIsAnError(t *testing.T) {
 	}
 	if err := s.Commit("tok", []byte("x"), time.Now().Add(time.Hour)); err != nil {
 		t.Fatalf("Commit after a failed grant: %v", err)
+	}
+}
+
+// TestLeaseReuseAfterClockStep: after the app server's wall clock steps
+// back, a session is not put on a lease granted before the step, which
+// would end before the session expires; without a step, the same
+// session shares that lease.
+func TestLeaseReuseAfterClockStep(t *testing.T) {
+	t.Parallel()
+	s, c := newStore(t)
+	// The wall clock reads wall; the monotonic clock does not move: the
+	// commits below are, for the store, at one instant.
+	minute := time.Now().Truncate(time.Minute).Add(time.Hour)
+	wall := minute.Add(30 * time.Second)
+	s.now = func() time.Time { return wall }
+	s.leases.mono = func() time.Duration { return 0 }
+	// Both sessions expire in the 60 s bucket that ends at minute+1h.
+	if err := s.Commit("before", []byte("x"), minute.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	before := rawValue(t, c, s, "before").lease
+
+	expiry := minute.Add(time.Hour - 20*time.Second)
+	if err := s.Commit("same clock", []byte("x"), expiry); err != nil {
+		t.Fatal(err)
+	}
+	if got := rawValue(t, c, s, "same clock").lease; got != before {
+		t.Fatalf("no clock step: session on lease %x, want the bucket's lease %x", got, before)
+	}
+
+	wall = wall.Add(-50 * time.Second)
+	if err := s.Commit("after step", []byte("x"), expiry); err != nil {
+		t.Fatal(err)
+	}
+	after := rawValue(t, c, s, "after step").lease
+	if after == before {
+		t.Fatalf("after a 50 s step back: session on lease %x, granted before the step", before)
+	}
+	ttl, err := c.TimeToLive(ctxFor(t), after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if need := expiry.Sub(wall); time.Duration(ttl.GrantedTTL)*time.Second < need {
+		t.Errorf("after a 50 s step back: lease of %d s for a session %v from expiry", ttl.GrantedTTL, need)
 	}
 }

@@ -2,6 +2,7 @@ package etcdstore_test
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"sort"
@@ -170,5 +171,43 @@ func TestSCSTouchInterval(t *testing.T) {
 	}
 	if got := b.MustGet(apps[1].url, "/get"); got != "changed\n" {
 		t.Fatalf("the other app server read %q after the change, want %q", got, "changed")
+	}
+}
+
+// TestSCSEtcdDown: with etcd stopped, a request that carries a session
+// cookie gets a 500 through the ErrorFunc about the store's timeout later,
+// although SCS gives the store the request's context, which has no
+// deadline.
+func TestSCSEtcdDown(t *testing.T) {
+	t.Parallel()
+	const timeout = time.Second
+	srv := etcdtest.Start(t)
+	store := etcdstore.NewWithPrefix(srv.Client(t), "scs-down:", etcdstore.WithTimeout(timeout))
+	sm := exampleapp.NewSessionManager(store, 0, time.Hour)
+	errs := make(chan error, 1)
+	sm.ErrorFunc = func(w http.ResponseWriter, r *http.Request, err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+		http.Error(w, "session store unavailable", http.StatusInternalServerError)
+	}
+	app := httptest.NewServer(exampleapp.New(sm))
+	t.Cleanup(app.Close)
+	browser := webtest.New(t)
+	browser.MustGet(app.URL, "/put?m=hi")
+	srv.Stop()
+
+	start := time.Now()
+	code, _ := browser.Get(app.URL, "/get")
+	took := time.Since(start)
+	if code != http.StatusInternalServerError {
+		t.Fatalf("GET /get with etcd down: %d, want 500", code)
+	}
+	if err := <-errs; !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("ErrorFunc got %v, want an error wrapping context.DeadlineExceeded", err)
+	}
+	if took < timeout-50*time.Millisecond || took > timeout+3*time.Second {
+		t.Errorf("GET /get with etcd down answered after %v, want about %v", took, timeout)
 	}
 }

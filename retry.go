@@ -1,0 +1,136 @@
+package etcdstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Deadlines and retries.
+//
+// SCS calls the store with the request's context, which has no deadline,
+// and the etcd client waits for a connection for as long as the context
+// lives (it calls with gRPC's WaitForReady, client/v3 options.go). So
+// every call gets the store's timeout (WithTimeout) as its deadline,
+// unless the caller's context ends sooner; All gets it per page.
+//
+// Within that deadline a call is tried again while its failure says the
+// request may not have reached a working leader: the connection was cut
+// or refused, the member has no leader or saw the leader change, the
+// server timed out a proposal, or the attempt's own deadline passed. Each
+// attempt but the last gets a third of the call's time, so that a request
+// that hangs on a member cut off from the others, or on a proposal lost
+// in an election, leaves room to ask again. Retrying is safe because every request the store makes is
+// idempotent: a commit writes the same key, value and lease again, a
+// delete deletes again, a read reads again (see Deadlines and retries in
+// doc.go for what a caller sees).
+
+const (
+	// defaultTimeout is the store's deadline for a call when the caller's
+	// context has none sooner: about what go-redis allows a command (3 s
+	// read plus 3 s write timeout).
+	defaultTimeout = 5 * time.Second
+	// attemptShare is the share of a call's time that one attempt gets,
+	// as its inverse.
+	attemptShare = 3
+	// firstBackoff and maxBackoff bound the wait between attempts, which
+	// doubles from the first, with jitter.
+	firstBackoff = 25 * time.Millisecond
+	maxBackoff   = 500 * time.Millisecond
+)
+
+// WithTimeout sets the deadline of each call of the store (each page of
+// All), counted from its start, unless the caller's context ends sooner:
+// no call waits longer for an etcd that is down or has no leader. Failures
+// that a leader change or a lost connection explains are tried again
+// within it. Zero or negative means the default, 5 s.
+func WithTimeout(d time.Duration) Option {
+	return func(o *options) { o.timeout = d }
+}
+
+// withDeadline returns ctx bounded by the store's timeout.
+func (s *EtcdStore) withDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.timeout)
+}
+
+// retry calls attempt until it succeeds, fails in a way no retry can
+// fix, or ctx, which carries the call's deadline, ends. Each attempt but
+// the last gets a share of the call's time as its own deadline. When ctx
+// ends, the error wraps both ctx's error and the last attempt's.
+func (s *EtcdStore) retry(ctx context.Context, attempt func(ctx context.Context) error) error {
+	total := s.timeout
+	if deadline, ok := ctx.Deadline(); ok {
+		total = min(total, time.Until(deadline))
+	}
+	share := total / attemptShare
+	backoff := firstBackoff
+	for n := 1; ; n++ {
+		actx, cancel := attemptContext(ctx, share)
+		err := attempt(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return deadlineError(ctx, err, n)
+		}
+		if !retryable(err) {
+			return err
+		}
+		s.stats.retries.Add(1)
+		// Jitter: calls that failed together do not come back together.
+		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return deadlineError(ctx, err, n)
+		case <-t.C:
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// attemptContext returns the context of one attempt: share of time, or
+// all that is left of ctx when less than two shares are.
+func attemptContext(ctx context.Context, share time.Duration) (context.Context, context.CancelFunc) {
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < 2*share {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, share)
+}
+
+// deadlineError is the error of a call whose context ended after n
+// attempts, the last of which failed with err: it wraps both.
+func deadlineError(ctx context.Context, err error, n int) error {
+	switch {
+	case n > 1:
+		return fmt.Errorf("%w after %d attempts; the last: %w", ctx.Err(), n, err)
+	case errors.Is(err, ctx.Err()):
+		return err
+	default:
+		return fmt.Errorf("%w: %w", ctx.Err(), err)
+	}
+}
+
+// retryable reports whether err says that a request may not have reached
+// a working leader, so that trying again may succeed: the attempt's own
+// deadline passed, the connection failed (gRPC Unavailable), or the
+// server answered with one of its Unavailable errors (no leader, leader
+// changed, request timed out, server stopped, unhealthy cluster;
+// api/v3rpc/rpctypes/error.go) or too many requests.
+func retryable(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, rpctypes.ErrTooManyRequests) {
+		return true
+	}
+	var etcdErr rpctypes.EtcdError
+	if errors.As(err, &etcdErr) {
+		return etcdErr.Code() == codes.Unavailable
+	}
+	return status.Code(err) == codes.Unavailable
+}
