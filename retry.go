@@ -83,7 +83,6 @@ func (s *EtcdStore) retry(ctx context.Context, attempt func(ctx context.Context)
 		if !retryable(err) {
 			return err
 		}
-		s.stats.retries.Add(1)
 		// Jitter: calls that failed together do not come back together.
 		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
 		select {
@@ -93,6 +92,7 @@ func (s *EtcdStore) retry(ctx context.Context, attempt func(ctx context.Context)
 		case <-t.C:
 		}
 		backoff = min(2*backoff, maxBackoff)
+		s.stats.retries.Add(1)
 	}
 }
 
