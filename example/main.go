@@ -28,6 +28,7 @@
 //	/login     log in as the form value "name", under a new token
 //	/logout    destroy the session
 //	/sessions  count the live sessions
+//	/metrics   the session store's stats, for Prometheus
 package main
 
 import (
@@ -67,6 +68,7 @@ type config struct {
 	touch     time.Duration // etcdstore.WithTouchInterval
 	compact   time.Duration // etcdstore.RunCompactor's interval; 0 for none
 	lifetime  time.Duration // scs.SessionManager.Lifetime
+	timeout   time.Duration // etcdstore.WithTimeout
 }
 
 // parseFlags reads the configuration from the command-line arguments.
@@ -83,6 +85,7 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs.DurationVar(&cfg.touch, "touch", 10*time.Minute, "a request that changes nothing writes its session again only once its expiry moves this far; 0 writes on every request (etcdstore.WithTouchInterval)")
 	fs.DurationVar(&cfg.compact, "compact", 0, "compact the etcd cluster this often, taking turns with the other app servers (etcdstore.RunCompactor), for a cluster that holds only sessions; 0 for never (the embedded etcd compacts itself)")
 	fs.DurationVar(&cfg.lifetime, "lifetime", 24*time.Hour, "a session expires this long after it began, however active")
+	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "a request fails with a 500 when etcd has not answered the session store in this long (etcdstore.WithTimeout)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -108,6 +111,9 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	}
 	if cfg.touch < 0 {
 		return config{}, errors.New("-touch must not be negative")
+	}
+	if cfg.timeout <= 0 {
+		return config{}, errors.New("-timeout must be positive")
 	}
 	if cfg.idle > 0 && cfg.touch >= cfg.idle {
 		return config{}, fmt.Errorf("-touch %v must be less than -idle %v: an active session would expire a fixed time after its last write", cfg.touch, cfg.idle)
@@ -153,9 +159,10 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 	defer conn.close()
 
 	log.Printf("sessions in etcd at %s under prefix %q", strings.Join(conn.client.Endpoints(), ","), cfg.prefix)
-	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix, etcdstore.WithTouchInterval(cfg.touch))
+	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix,
+		etcdstore.WithTouchInterval(cfg.touch), etcdstore.WithTimeout(cfg.timeout))
 	sm := exampleapp.NewSessionManager(store, cfg.idle, cfg.lifetime)
-	srv := &http.Server{Handler: exampleapp.New(sm), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: withMetrics(exampleapp.New(sm), store), ReadHeaderTimeout: 10 * time.Second}
 
 	if cfg.compact > 0 {
 		compactCtx, stopCompactor := context.WithCancel(ctx)

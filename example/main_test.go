@@ -70,6 +70,14 @@ func TestServeKeepsSessionsAcrossRestarts(t *testing.T) {
 	base, stop = start() // another port on the same host: the cookie still goes
 	ann.Want(base, "/get", "Hello from a session!\n")
 	ann.Want(base, "/sessions", "live sessions: 1\n")
+	// The store's stats, for Prometheus: this run's two requests with a
+	// cookie found their session, and the second listed all.
+	metrics := ann.MustGet(base, "/metrics")
+	for _, want := range []string{`etcdstore_calls_total{method="find"} 2`, `etcdstore_calls_total{method="all"} 1`, `etcdstore_errors_total{kind="timeout"} 0`} {
+		if !strings.Contains(metrics, want+"\n") {
+			t.Errorf("/metrics has no line %q:\n%s", want, metrics)
+		}
+	}
 	stop()
 }
 
@@ -91,6 +99,7 @@ func TestParseFlags(t *testing.T) {
 		{"-idle", "-1s"},
 		{"-touch", "-1s"},
 		{"-compact", "-1s"},
+		{"-timeout", "0s"},
 		{"-idle", "10m", "-touch", "10m"},
 		{"extra"},
 	} {
