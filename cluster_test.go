@@ -487,7 +487,7 @@ func TestRestart(t *testing.T) {
 
 	t.Run("same data", func(t *testing.T) {
 		t.Parallel()
-		srv := etcdtest.Start(t)
+		srv := etcdtest.Start(t, etcdtest.Own())
 		cli := srv.Client(t)
 		s := NewWithPrefix(cli, faultPrefix(t))
 		before := commitAll(t, s, "before")
@@ -522,7 +522,7 @@ func TestRestart(t *testing.T) {
 
 	t.Run("wiped data", func(t *testing.T) {
 		t.Parallel()
-		srv := etcdtest.Start(t)
+		srv := etcdtest.Start(t, etcdtest.Own())
 		cli := srv.Client(t)
 		s := NewWithPrefix(cli, faultPrefix(t))
 		before := commitAll(t, s, "before")

@@ -25,7 +25,7 @@ func TestRunCompactor(t *testing.T) {
 		interval  = 300 * time.Millisecond
 		intervals = 8
 	)
-	srv := etcdtest.Start(t)
+	srv := etcdtest.Start(t, etcdtest.Own())
 	check := srv.Client(t)
 	store := etcdstore.NewWithPrefix(srv.Client(t), "compactor:")
 	ctx, cancel := context.WithCancel(context.Background())

@@ -36,6 +36,14 @@ func newStore(t *testing.T, opts ...Option) (*EtcdStore, *clientv3.Client) {
 	return NewWithPrefix(c, testPrefix(t), opts...), c
 }
 
+// newOwnStore is newStore on a member of the test's own, for tests that
+// count its revisions or leases (see etcdtest.Own).
+func newOwnStore(t *testing.T, opts ...Option) (*EtcdStore, *clientv3.Client) {
+	t.Helper()
+	c := etcdtest.Start(t, etcdtest.Own()).Client(t)
+	return NewWithPrefix(c, testPrefix(t), opts...), c
+}
+
 func testPrefix(t *testing.T) string {
 	t.Helper()
 	return "test:" + t.Name() + ":"
@@ -370,7 +378,7 @@ func TestAllIsOneSnapshot(t *testing.T) {
 // compaction gives an error that says so.
 func TestAllRestartsAfterCompaction(t *testing.T) {
 	t.Parallel()
-	srv := etcdtest.Start(t)
+	srv := etcdtest.Start(t, etcdtest.Own())
 	c := srv.Client(t)
 	ctx := ctxFor(t)
 	s := NewWithPrefix(c, "comp:", WithPageSize(2))
@@ -584,7 +592,7 @@ func TestClosedClient(t *testing.T) {
 func TestEtcdDown(t *testing.T) {
 	t.Parallel()
 	const timeout = time.Second
-	srv := etcdtest.Start(t)
+	srv := etcdtest.Start(t, etcdtest.Own())
 	s := NewWithPrefix(srv.Client(t), testPrefix(t), WithTimeout(timeout))
 	if err := s.Commit("seen", []byte("x"), time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)

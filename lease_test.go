@@ -242,7 +242,7 @@ func TestLeaseTableForgetsOnlyThatLease(t *testing.T) {
 // grants one per commit and never revokes them.
 func TestLeasesShared(t *testing.T) {
 	t.Parallel()
-	s, c := newStore(t)
+	s, c := newOwnStore(t)
 	const commits, workers = 3000, 32
 	// A fixed clock keeps every session in one bucket, whenever the test
 	// runs.
@@ -294,7 +294,7 @@ func TestLeasesShared(t *testing.T) {
 // cause one grant.
 func TestConcurrentGrantsCollapse(t *testing.T) {
 	t.Parallel()
-	s, c := newStore(t)
+	s, c := newOwnStore(t)
 	now := time.Now()
 	s.now = func() time.Time { return now }
 	var wg sync.WaitGroup

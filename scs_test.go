@@ -141,7 +141,7 @@ func TestSCSIdleTimeout(t *testing.T) {
 // session is written at once and read through the other app server.
 func TestSCSTouchInterval(t *testing.T) {
 	t.Parallel()
-	srv := etcdtest.Start(t)
+	srv := etcdtest.Start(t, etcdtest.Own())
 	c := srv.Client(t)
 	const prefix = "scs-touch:"
 	var apps []*appServer
@@ -181,7 +181,7 @@ func TestSCSTouchInterval(t *testing.T) {
 func TestSCSEtcdDown(t *testing.T) {
 	t.Parallel()
 	const timeout = time.Second
-	srv := etcdtest.Start(t)
+	srv := etcdtest.Start(t, etcdtest.Own())
 	store := etcdstore.NewWithPrefix(srv.Client(t), "scs-down:", etcdstore.WithTimeout(timeout))
 	sm := exampleapp.NewSessionManager(store, 0, time.Hour)
 	errs := make(chan error, 1)

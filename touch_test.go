@@ -45,7 +45,7 @@ func TestTouchIntervalOnClock(t *testing.T) {
 		d    = idle / 2
 		step = 3 * time.Minute
 	)
-	s, c := newStore(t, WithTouchInterval(d))
+	s, c := newOwnStore(t, WithTouchInterval(d))
 	now := time.Now()
 	s.now = func() time.Time { return now }
 	data := []byte("unchanged")
@@ -88,7 +88,7 @@ func TestTouchIntervalOnClock(t *testing.T) {
 // unchanged data is written once it is d past the stored one.
 func TestTouchIntervalWritesChanges(t *testing.T) {
 	t.Parallel()
-	s, c := newStore(t, WithTouchInterval(time.Hour))
+	s, c := newOwnStore(t, WithTouchInterval(time.Hour))
 	other := NewWithPrefix(c, s.prefix)
 	expiry := time.Now().Add(2 * time.Hour)
 	for i, data := range []string{"one", "two", "", "three"} {
@@ -121,7 +121,7 @@ func TestTouchIntervalWritesChanges(t *testing.T) {
 // and so is data the codec cannot decode.
 func TestTouchIntervalDecodes(t *testing.T) {
 	t.Parallel()
-	s, c := newStore(t, WithTouchInterval(time.Hour))
+	s, c := newOwnStore(t, WithTouchInterval(time.Hour))
 	codec := scs.GobCodec{}
 	deadline := time.Now().Add(24 * time.Hour)
 	values := map[string]any{"user": "alice", "visits": 3, "theme": "dark", "csrf": "x9"}
@@ -188,7 +188,7 @@ func TestTouchIntervalDecodes(t *testing.T) {
 // TestTouchIntervalIsOptIn: without the option every commit writes.
 func TestTouchIntervalIsOptIn(t *testing.T) {
 	t.Parallel()
-	s, c := newStore(t)
+	s, c := newOwnStore(t)
 	expiry := time.Now().Add(time.Hour)
 	before := etcdtest.Revision(t, c)
 	for range 5 {

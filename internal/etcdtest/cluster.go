@@ -66,6 +66,9 @@ type Cluster struct {
 // (fsync off, a 50 ms heartbeat and a 500 ms election timeout).
 func StartCluster(tb testing.TB, n int, opts ...Option) *Cluster {
 	tb.Helper()
+	if External() {
+		tb.Skipf("needs a cluster of its own, and %s points at a shared server", EndpointsEnv)
+	}
 	if n < 1 {
 		tb.Fatalf("etcdtest: cluster of %d members", n)
 	}

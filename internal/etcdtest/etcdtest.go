@@ -1,6 +1,11 @@
 // Package etcdtest starts embedded etcd servers for etcdstore's tests and
 // benchmarks: real etcd members on loopback ports, with their data in the
 // test's temporary directory, stopped when the test ends.
+//
+// With ETCDSTORE_TEST_ENDPOINTS set to the client URLs of a running etcd
+// server (comma-separated), Start gives each test a key namespace of its
+// own on that server instead, and tests that need a member of their own,
+// a configured one or a cluster are skipped.
 package etcdtest
 
 import (
@@ -25,15 +30,30 @@ import (
 // startTimeout bounds how long a member may take to become ready.
 const startTimeout = 30 * time.Second
 
-// Server is one embedded etcd member.
+// Server is one embedded etcd member, or a namespace on a running etcd
+// server (see ETCDSTORE_TEST_ENDPOINTS in the package documentation).
 type Server struct {
 	tb   testing.TB
 	Cfg  *embed.Config
 	Etcd *embed.Etcd // nil while stopped
+
+	external  []string // the running server's client URLs, or nil
+	namespace string   // the test's key prefix on the running server
 }
 
 // Option changes a member's configuration before it starts.
 type Option func(*embed.Config)
+
+// EndpointsEnv names the environment variable that points the tests at a
+// running etcd server.
+const EndpointsEnv = "ETCDSTORE_TEST_ENDPOINTS"
+
+// Own marks a test that needs a member of its own: one it stops, or
+// whose revision, leases or compaction it counts on. Such a test does not
+// run against a shared server.
+func Own() Option {
+	return func(*embed.Config) {}
+}
 
 // WithFsync turns fsync back on, as in production; tests leave it off for
 // speed.
@@ -60,6 +80,12 @@ func WithCompaction(retention time.Duration) Option {
 // tb.TempDir(), and stops it when the test ends.
 func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
+	if eps := externalEndpoints(); eps != nil {
+		if len(opts) > 0 {
+			tb.Skipf("needs an etcd member of its own, and %s points at a shared server", EndpointsEnv)
+		}
+		return &Server{tb: tb, external: eps, namespace: nextNamespace(tb)}
+	}
 	dir := tb.TempDir()
 	// A port found free can be taken before etcd binds it: start again
 	// on fresh ports (the data directory is still empty).
@@ -130,6 +156,7 @@ func freeLoopbackURL() (url.URL, error) {
 // and ports) and waits until it is ready to serve.
 func (s *Server) Start() {
 	s.tb.Helper()
+	s.needOwn("Start")
 	e, err := startEtcd(s.Cfg)
 	if err != nil {
 		s.tb.Fatalf("etcdtest: %v", err)
@@ -144,14 +171,21 @@ func startEtcd(cfg *embed.Config) (*embed.Etcd, error) {
 
 // Stop stops the member; its data stays for a later Start.
 func (s *Server) Stop() {
+	if s.external != nil {
+		s.tb.Helper()
+		s.needOwn("Stop")
+	}
 	if s.Etcd != nil {
 		s.Etcd.Close()
 		s.Etcd = nil
 	}
 }
 
-// Endpoints returns the member's client URLs.
+// Endpoints returns the member's client URLs. A client made from them
+// alone would see every test's keys on a shared server: use Client there.
 func (s *Server) Endpoints() []string {
+	s.tb.Helper()
+	s.needOwn("Endpoints")
 	return endpoints(s.Cfg)
 }
 
@@ -166,6 +200,9 @@ func endpoints(cfg *embed.Config) []string {
 // Client returns a client of the member, closed when the test ends.
 func (s *Server) Client(tb testing.TB) *clientv3.Client {
 	tb.Helper()
+	if s.external != nil {
+		return namespaced(tb, NewClient(tb, clientv3.Config{Endpoints: s.external}), s.namespace)
+	}
 	return NewClient(tb, clientv3.Config{Endpoints: s.Endpoints()})
 }
 
@@ -201,6 +238,7 @@ func Context(tb testing.TB, d time.Duration) context.Context {
 // writes between them.
 func Revision(tb testing.TB, c *clientv3.Client) int64 {
 	tb.Helper()
+	needOwnClient(tb, c, "Revision")
 	resp, err := c.Get(Context(tb, 30*time.Second), "revision", clientv3.WithCountOnly())
 	if err != nil {
 		tb.Fatalf("etcdtest: read revision: %v", err)
@@ -211,6 +249,7 @@ func Revision(tb testing.TB, c *clientv3.Client) int64 {
 // Leases returns how many leases the cluster holds, as c sees it.
 func Leases(tb testing.TB, c *clientv3.Client) int {
 	tb.Helper()
+	needOwnClient(tb, c, "Leases")
 	resp, err := c.Leases(Context(tb, 30*time.Second))
 	if err != nil {
 		tb.Fatalf("etcdtest: list leases: %v", err)
