@@ -315,8 +315,8 @@ func TestLeaderLossUnderLoad(t *testing.T) {
 	check := NewWithPrefix(c.MemberClient(t, survivor), faultPrefix(t))
 	lost := lostSessions(t, check, results)
 
-	t.Logf("leader loss: %d commits acknowledged, %d failed (%d of them among the %d probes), %d lost; committing again %v after the crash (stopping the member took %v); errors: %s",
-		rep.acked, rep.failed, probesFailed, len(probes), len(lost), recovery.Round(time.Millisecond), killTook.Round(time.Millisecond), rep.errSummary())
+	t.Logf("leader loss: %d commits acknowledged, %d failed (%d of them among the %d probes), %d lost, %d requests retried; committing again %v after the crash (stopping the member took %v); errors: %s",
+		rep.acked, rep.failed, probesFailed, len(probes), len(lost), s.Stats().Retries, recovery.Round(time.Millisecond), killTook.Round(time.Millisecond), rep.errSummary())
 	if len(lost) > 0 {
 		t.Errorf("%d acknowledged sessions lost, first %q", len(lost), lost[0])
 	}
