@@ -29,6 +29,12 @@
 // every 500 ms, and a leader change gives every lease its full TTL again
 // (etcd server/lease/lessor.go).
 //
+// Sessions written by github.com/alexedwards/scs/etcdstore carry no
+// expiry: that store expires them through their lease alone. Find and All
+// return such a session only while its lease has at least one second
+// left (one LeaseTimeToLive request per lease), so it is never returned
+// after its expiry, and may be called expired up to a second early.
+//
 // # Leases
 //
 // Keys are bound to etcd leases so that etcd deletes them after they
@@ -81,10 +87,38 @@
 // RunCompactor on the app servers. README.md and docs/capacity.md give
 // measured sizes and the quota a deployment needs.
 //
+// # Deadlines and retries
+//
+// SCS calls the store with the request's context, which has no deadline,
+// and the etcd client waits for a connection as long as the context
+// lives. So each call gets a deadline, WithTimeout (5 s by default), or
+// its context's if that comes first; All gets one per page.
+//
+// Within the deadline, a request that fails in a way that says it may not
+// have reached a working leader (the connection broke, the member has no
+// leader or saw the leader change, the server timed out its proposal, or
+// no answer came within a third of the call's time) is tried again, with
+// backoff from 25 ms doubling up to 500 ms. Every request the store makes
+// is idempotent: a retried commit writes the same key, value and lease
+// again. One consequence: a commit whose first attempt was applied but
+// not acknowledged, and that another request for the same session
+// overwrote before the retry, writes over that request; concurrent
+// commits of one session are last-writer-wins in any case.
+//
+// Errors that trying again cannot fix return at once: permission denied,
+// too large, out of space, a canceled context, a closed client.
+//
+// # Stats
+//
+// Stats returns counts of calls, skipped touches, refused resurrections,
+// lease grants, retries and errors by kind, for an operator's dashboard;
+// the example app exports them to Prometheus.
+//
 // # Errors
 //
 // Errors begin with "etcdstore:" and wrap their cause, so errors.Is works
-// with context.Canceled, context.DeadlineExceeded and the etcd client's
+// with context.Canceled, context.DeadlineExceeded (the call's deadline
+// passed; a commit may then have been written or not) and the etcd client's
 // rpctypes errors (for example rpctypes.ErrPermissionDenied). Following
 // SCS's Store contract, a missing, expired or malformed token is not an
 // error: Find returns found == false.

@@ -243,8 +243,6 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, fou
 	if err := s.clientErr(); err != nil {
 		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
 	}
-	ctx, cancel := s.withDeadline(ctx)
-	defer cancel()
 	var resp *clientv3.GetResponse
 	err = s.retry(ctx, func(ctx context.Context) (err error) {
 		resp, err = s.client.Get(ctx, keyFor(s.prefix, token))
@@ -310,8 +308,6 @@ func (s *EtcdStore) legacyLive(ctx context.Context, id int64, known map[int64]bo
 	if live, ok := known[id]; ok {
 		return live, nil
 	}
-	ctx, cancel := s.withDeadline(ctx)
-	defer cancel()
 	var resp *clientv3.LeaseTimeToLiveResponse
 	err := s.retry(ctx, func(ctx context.Context) (err error) {
 		resp, err = s.client.TimeToLive(ctx, clientv3.LeaseID(id))
@@ -389,8 +385,6 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 		return nil
 	}
 	value := encodeEnvelope(expiry, b)
-	ctx, cancel := s.withDeadline(ctx)
-	defer cancel()
 	var rev int64
 	var written bool
 	err = s.retry(ctx, func(ctx context.Context) (err error) {
@@ -550,8 +544,6 @@ func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
 	if err := s.clientErr(); err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
-	ctx, cancel := s.withDeadline(ctx)
-	defer cancel()
 	var resp *clientv3.DeleteResponse
 	err := s.retry(ctx, func(ctx context.Context) (err error) {
 		resp, err = s.client.Delete(ctx, keyFor(s.prefix, token))
@@ -649,8 +641,6 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 // prefix at revision rev (0: the current one), within the store's
 // timeout.
 func (s *EtcdStore) page(ctx context.Context, from string, rev int64) (resp *clientv3.GetResponse, err error) {
-	ctx, cancel := s.withDeadline(ctx)
-	defer cancel()
 	err = s.retry(ctx, func(ctx context.Context) (err error) {
 		resp, err = s.client.Get(ctx, from,
 			clientv3.WithRange(s.end),

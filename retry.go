@@ -18,7 +18,8 @@ import (
 // and the etcd client waits for a connection for as long as the context
 // lives (it calls with gRPC's WaitForReady, client/v3 options.go). So
 // every call gets the store's timeout (WithTimeout) as its deadline,
-// unless the caller's context ends sooner; All gets it per page.
+// unless the caller's context ends sooner; All gets it per page, and the
+// extra request for a legacy session gets its own.
 //
 // Within that deadline a call is tried again while its failure says the
 // request may not have reached a working leader: the connection was cut
@@ -26,10 +27,10 @@ import (
 // server timed out a proposal, or the attempt's own deadline passed. Each
 // attempt but the last gets a third of the call's time, so that a request
 // that hangs on a member cut off from the others, or on a proposal lost
-// in an election, leaves room to ask again. Retrying is safe because every request the store makes is
-// idempotent: a commit writes the same key, value and lease again, a
-// delete deletes again, a read reads again (see Deadlines and retries in
-// doc.go for what a caller sees).
+// in an election, leaves room to ask again. Retrying is safe because
+// every request the store makes is idempotent: a commit writes the same
+// key, value and lease again, a delete deletes again, a read reads again
+// (see Deadlines and retries in doc.go for what a caller sees).
 
 const (
 	// defaultTimeout is the store's deadline for a call when the caller's
@@ -47,74 +48,77 @@ const (
 
 // WithTimeout sets the deadline of each call of the store (each page of
 // All), counted from its start, unless the caller's context ends sooner:
-// no call waits longer for an etcd that is down or has no leader. Failures
-// that a leader change or a lost connection explains are tried again
-// within it. Zero or negative means the default, 5 s.
+// a call that etcd has not answered by then returns an error wrapping
+// context.DeadlineExceeded, so no call waits longer for an etcd that is
+// down or has no leader. Failures that a leader change or a lost
+// connection explains are tried again within it. Zero or negative means
+// the default, 5 s.
 func WithTimeout(d time.Duration) Option {
 	return func(o *options) { o.timeout = d }
 }
 
-// withDeadline returns ctx bounded by the store's timeout.
-func (s *EtcdStore) withDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, s.timeout)
-}
-
 // retry calls attempt until it succeeds, fails in a way no retry can
-// fix, or ctx, which carries the call's deadline, ends. Each attempt but
-// the last gets a share of the call's time as its own deadline. When ctx
-// ends, the error wraps both ctx's error and the last attempt's.
+// fix, or the call's deadline passes: the store's timeout from now, or
+// ctx's deadline if sooner. Each attempt's context ends at the deadline,
+// or, while more than two shares of the call's time remain, after one
+// share. A call that ends at its deadline, or by ctx's end, returns an
+// error that wraps both the reason and the last attempt's error.
 func (s *EtcdStore) retry(ctx context.Context, attempt func(ctx context.Context) error) error {
-	total := s.timeout
-	if deadline, ok := ctx.Deadline(); ok {
-		total = min(total, time.Until(deadline))
+	start := time.Now()
+	deadline := start.Add(s.timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
 	}
-	share := total / attemptShare
+	share := deadline.Sub(start) / attemptShare
 	backoff := firstBackoff
 	for n := 1; ; n++ {
-		actx, cancel := attemptContext(ctx, share)
+		end := time.Now().Add(share)
+		if deadline.Sub(end) < share {
+			end = deadline
+		}
+		actx, cancel := context.WithDeadline(ctx, end)
 		err := attempt(actx)
 		cancel()
 		if err == nil {
 			return nil
 		}
-		if ctx.Err() != nil {
-			return deadlineError(ctx, err, n)
+		if ctx.Err() != nil || !time.Now().Before(deadline) {
+			return callError(ctx, err, n)
 		}
 		if !retryable(err) {
 			return err
 		}
 		// Jitter: calls that failed together do not come back together.
-		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
+		wait := min(backoff/2+rand.N(backoff/2+1), time.Until(deadline))
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return deadlineError(ctx, err, n)
+			return callError(ctx, err, n)
 		case <-t.C:
+		}
+		if !time.Now().Before(deadline) {
+			return callError(ctx, err, n)
 		}
 		backoff = min(2*backoff, maxBackoff)
 		s.stats.retries.Add(1)
 	}
 }
 
-// attemptContext returns the context of one attempt: share of time, or
-// all that is left of ctx when less than two shares are.
-func attemptContext(ctx context.Context, share time.Duration) (context.Context, context.CancelFunc) {
-	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < 2*share {
-		return context.WithCancel(ctx)
+// callError is the error of a call that ctx ended, or its deadline,
+// after n attempts, the last of which failed with err: it wraps both.
+func callError(ctx context.Context, err error, n int) error {
+	reason := ctx.Err()
+	if reason == nil {
+		reason = context.DeadlineExceeded
 	}
-	return context.WithTimeout(ctx, share)
-}
-
-// deadlineError is the error of a call whose context ended after n
-// attempts, the last of which failed with err: it wraps both.
-func deadlineError(ctx context.Context, err error, n int) error {
 	switch {
 	case n > 1:
-		return fmt.Errorf("%w after %d attempts; the last: %w", ctx.Err(), n, err)
-	case errors.Is(err, ctx.Err()):
+		return fmt.Errorf("%w after %d attempts; the last: %w", reason, n, err)
+	case errors.Is(err, reason):
 		return err
 	default:
-		return fmt.Errorf("%w: %w", ctx.Err(), err)
+		return fmt.Errorf("%w: %w", reason, err)
 	}
 }
 
