@@ -223,3 +223,27 @@ func ExampleRunCompactor() {
 	// context deadline exceeded
 	// some server took an interval: true
 }
+
+// A store whose calls give up after two seconds, however long the caller's
+// context lives, and what it has done, as an operator's dashboard reads it.
+func ExampleWithTimeout() {
+	client := newClient()
+	defer client.Close()
+	store := etcdstore.NewWithPrefix(client, "example-timeout:", etcdstore.WithTimeout(2*time.Second))
+
+	if err := store.Commit("token", []byte("data"), time.Now().Add(time.Hour)); err != nil {
+		log.Fatal(err)
+	}
+	if _, _, err := store.Find("token"); err != nil {
+		log.Fatal(err)
+	}
+	_, _, err := store.Find("token")
+	if errors.Is(err, context.DeadlineExceeded) {
+		fmt.Println("etcd did not answer within 2 s") // a 500 for the user: try later
+	}
+
+	st := store.Stats()
+	fmt.Printf("finds %d, commits %d, errors %+v\n", st.Finds, st.Commits, st.Errors)
+	// Output:
+	// finds 2, commits 1, errors {NoSpace:0 TooLarge:0 Auth:0 Corrupt:0 Canceled:0 Timeout:0 Other:0}
+}
