@@ -77,6 +77,17 @@
 // token, and with the touch interval 515 to 803 bytes per token for
 // sessions of 256 bytes.
 //
+// # Sessions by user
+//
+// With WithPrincipal, the store keeps an index of sessions by principal
+// (the user a session belongs to, read from its data), written in each
+// commit's own Txn and bound to the session's lease. FindByPrincipal lists
+// a principal's live sessions and DeleteByPrincipal ends them, but the
+// ones kept, in time that does not grow with the number of other
+// sessions; reads verify each session against the index, so an entry
+// that outlived its session yields nothing. The index lies under
+// PrincipalIndexRange(prefix), outside every session prefix.
+//
 // # Space
 //
 // etcd keeps every revision until it is compacted, and refuses every

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"reflect"
 	"strings"
@@ -60,9 +61,14 @@ type EtcdStore struct {
 	memory   *memory
 	touch    time.Duration // WithTouchInterval, or 0
 	codec    scs.Codec
-	timeout  time.Duration    // WithTimeout
-	now      func() time.Time // time.Now; overridden in tests
-	stats    stats
+	timeout  time.Duration // WithTimeout
+	// principalKey is WithPrincipal's key, or ""; index is the store's
+	// principal index range.
+	principalKey string
+	index        string
+	seed         maphash.Seed     // for digests of session data
+	now          func() time.Time // time.Now; overridden in tests
+	stats        stats
 
 	// afterPage, if set, runs after All reads each page but the last; tests
 	// use it to change the keyspace in the middle of a scan.
@@ -81,6 +87,7 @@ type options struct {
 	codec      scs.Codec
 	remembered int
 	timeout    time.Duration
+	principal  string
 }
 
 // WithLeaseBucket fixes the width of the time buckets whose sessions share
@@ -216,6 +223,10 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 		codec:   o.codec,
 		timeout: o.timeout,
 		now:     time.Now,
+
+		principalKey: o.principal,
+		seed:         maphash.MakeSeed(),
+		index:        PrincipalIndexRange(prefix),
 	}
 }
 
@@ -274,6 +285,11 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, fou
 	seen := sighting{rev: rev, live: true, expiry: expiry}
 	if s.touch > 0 {
 		seen.data, seen.hasData = string(data), true
+	}
+	if s.principalKey != "" {
+		last, known := s.memory.get(token)
+		seen.indexed, _, seen.sums = s.principalFor(last, known, data)
+		seen.indexKnown = true
 	}
 	s.memory.saw(token, seen)
 	return data, true, nil
@@ -385,10 +401,20 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 		return nil
 	}
 	value := encodeEnvelope(expiry, b)
+	var principal string
+	var hasPrincipal bool
+	var sums [2]uint64
+	var index func(clientv3.LeaseID) []clientv3.Op
+	if s.principalKey != "" {
+		principal, hasPrincipal, sums = s.principalFor(seen, known, b)
+		index = func(id clientv3.LeaseID) []clientv3.Op {
+			return s.indexOps(token, seen, known, principal, hasPrincipal, id)
+		}
+	}
 	var rev int64
 	var written bool
 	err = s.retry(ctx, func(ctx context.Context) (err error) {
-		rev, written, err = s.write(ctx, now, expiry, key, value, known)
+		rev, written, err = s.write(ctx, now, expiry, key, value, known, index)
 		return err
 	})
 	if err != nil {
@@ -408,20 +434,28 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 	if s.touch > 0 {
 		wrote.data, wrote.hasData = value[envelopeHeader:], true
 	}
+	if s.principalKey != "" {
+		wrote.indexed, wrote.indexKnown, wrote.sums = principal, true, sums
+	}
 	s.memory.saw(token, wrote)
 	return nil
 }
 
-// write puts value at key on a lease that outlives expiry (see put), and
+// write puts value at key on a lease that outlives expiry (see put), with
+// the index operations that index, if not nil, gives for the lease, and
 // returns the revision of the write. A lease that etcd no longer knows is
 // forgotten, and the write tried once more on a fresh one.
-func (s *EtcdStore) write(ctx context.Context, now, expiry time.Time, key, value string, guarded bool) (rev int64, written bool, err error) {
+func (s *EtcdStore) write(ctx context.Context, now, expiry time.Time, key, value string, guarded bool, index func(clientv3.LeaseID) []clientv3.Op) (rev int64, written bool, err error) {
 	for attempt := 0; ; attempt++ {
 		id, err := s.leases.acquire(ctx, now, expiry)
 		if err != nil {
 			return 0, false, err
 		}
-		rev, written, err = s.put(ctx, key, value, id, guarded)
+		var extra []clientv3.Op
+		if index != nil {
+			extra = index(id)
+		}
+		rev, written, err = s.put(ctx, key, value, id, guarded, extra)
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			s.leases.forget(id)
 			if attempt == 0 {
@@ -456,21 +490,29 @@ func commitError(err error) error {
 	return fmt.Errorf("etcdstore: commit: %w", err)
 }
 
-// put writes value at key on lease id and returns the revision of the
-// write. guarded, it writes only while the key exists, in one Txn (one
-// raft write, as a Put is), and reports written false when it did not.
-func (s *EtcdStore) put(ctx context.Context, key, value string, id clientv3.LeaseID, guarded bool) (rev int64, written bool, err error) {
-	if !guarded {
+// put writes value at key on lease id, with the operations extra, and
+// returns the revision of the write. guarded, it writes only while the key
+// exists, in one Txn (one raft write, as a Put is), and reports written
+// false when it did not.
+func (s *EtcdStore) put(ctx context.Context, key, value string, id clientv3.LeaseID, guarded bool, extra []clientv3.Op) (rev int64, written bool, err error) {
+	put := clientv3.OpPut(key, value, clientv3.WithLease(id))
+	txn := s.client.Txn(ctx)
+	switch {
+	case !guarded && len(extra) == 0:
 		resp, err := s.client.Put(ctx, key, value, clientv3.WithLease(id))
 		if err != nil {
 			return 0, false, err
 		}
 		return resp.Header.Revision, true, nil
+	case guarded:
+		txn = txn.If(clientv3.Compare(clientv3.Version(key), ">", 0))
 	}
-	resp, err := s.client.Txn(ctx).
-		If(clientv3.Compare(clientv3.Version(key), ">", 0)).
-		Then(clientv3.OpPut(key, value, clientv3.WithLease(id))).
-		Commit()
+	if len(extra) == 0 {
+		txn = txn.Then(put)
+	} else {
+		txn = txn.Then(append([]clientv3.Op{put}, extra...)...)
+	}
+	resp, err := txn.Commit()
 	if err != nil {
 		return 0, false, err
 	}
@@ -544,15 +586,34 @@ func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
 	if err := s.clientErr(); err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
-	var resp *clientv3.DeleteResponse
-	err := s.retry(ctx, func(ctx context.Context) (err error) {
-		resp, err = s.client.Delete(ctx, keyFor(s.prefix, token))
-		return err
+	key := keyFor(s.prefix, token)
+	// The index entry of the session's principal goes with it, when the
+	// store knows the principal.
+	var entry string
+	if seen, ok := s.memory.get(token); ok && seen.live && seen.indexKnown && seen.indexed != "" {
+		entry = s.indexKey(seen.indexed, token)
+	}
+	var rev int64
+	err := s.retry(ctx, func(ctx context.Context) error {
+		if entry == "" {
+			resp, err := s.client.Delete(ctx, key)
+			if err != nil {
+				return err
+			}
+			rev = resp.Header.Revision
+			return nil
+		}
+		resp, err := s.client.Txn(ctx).Then(clientv3.OpDelete(key), clientv3.OpDelete(entry)).Commit()
+		if err != nil {
+			return err
+		}
+		rev = resp.Header.Revision
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
-	s.memory.sawGone(token, resp.Header.Revision)
+	s.memory.sawGone(token, rev)
 	return nil
 }
 

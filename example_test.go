@@ -247,3 +247,53 @@ func ExampleWithTimeout() {
 	// Output:
 	// finds 2, commits 1, errors {NoSpace:0 TooLarge:0 Auth:0 Corrupt:0 Canceled:0 Timeout:0 Other:0}
 }
+
+// Log a user out of every other device: with WithPrincipal, the store
+// finds a user's sessions by the user ID the app put into each, and ends
+// all but the current one.
+func ExampleEtcdStore_DeleteByPrincipal() {
+	client := newClient()
+	defer client.Close()
+	store := etcdstore.NewWithPrefix(client, "example-users:", etcdstore.WithPrincipal("userID"))
+	sessionManager := scs.New()
+	sessionManager.Store = store
+
+	// ann logs in on three devices.
+	var tokens []string
+	for range 3 {
+		ctx, err := sessionManager.Load(context.Background(), "")
+		if err != nil {
+			log.Fatal(err)
+		}
+		sessionManager.Put(ctx, "userID", "ann")
+		token, _, err := sessionManager.Commit(ctx)
+		if err != nil {
+			log.Fatal(err)
+		}
+		tokens = append(tokens, token)
+	}
+
+	ctx := context.Background()
+	sessions, err := store.FindByPrincipal(ctx, "ann")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("ann's sessions:", len(sessions))
+
+	// From the first device: "log out everywhere else".
+	ended, err := store.DeleteByPrincipal(ctx, "ann", tokens[0])
+	if err != nil {
+		log.Fatal(err)
+	}
+	sessions, err = store.FindByPrincipal(ctx, "ann")
+	if err != nil {
+		log.Fatal(err)
+	}
+	_, kept := sessions[tokens[0]]
+	fmt.Println("ended:", ended, "left:", len(sessions), "the current one:", kept)
+
+	store.DeleteByPrincipal(ctx, "ann") // the example's own cleanup
+	// Output:
+	// ann's sessions: 3
+	// ended: 2 left: 1 the current one: true
+}

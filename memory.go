@@ -49,6 +49,15 @@ type sighting struct {
 	// one of n orders, so commits of an unchanged session of two values
 	// match data or alt and need no decoding.
 	alt string
+	// indexed is the principal the stored session names ("" for none),
+	// whose index entry a change or a delete must remove, if indexKnown
+	// (see WithPrincipal).
+	indexed    string
+	indexKnown bool
+	// sums are digests of up to two encodings of the session known to
+	// name indexed, so that its principal is decoded once per change,
+	// not on every Find and commit.
+	sums [2]uint64
 }
 
 // memoryEntry is one remembered token, the Value of its list element.
@@ -115,6 +124,9 @@ func (m *memory) sawLocked(token string, s sighting) {
 	e := el.Value.(*memoryEntry)
 	if s.rev < e.rev || (s.rev == e.rev && e.hasData && !s.hasData) {
 		return
+	}
+	if s.rev == e.rev && e.indexKnown && !s.indexKnown {
+		s.indexed, s.indexKnown, s.sums = e.indexed, true, e.sums
 	}
 	if s.hasData && e.hasData && s.alt == "" {
 		// The same session seen again, in the bytes of data or of alt.

@@ -28,6 +28,8 @@
 //	/login     log in as the form value "name", under a new token
 //	/logout    destroy the session
 //	/sessions  count the live sessions
+//	/devices   the sessions of the user logged in
+//	/logout-everywhere  (POST) end the user's other sessions
 //	/metrics   the session store's stats, for Prometheus
 package main
 
@@ -160,7 +162,8 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 
 	log.Printf("sessions in etcd at %s under prefix %q", strings.Join(conn.client.Endpoints(), ","), cfg.prefix)
 	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix,
-		etcdstore.WithTouchInterval(cfg.touch), etcdstore.WithTimeout(cfg.timeout))
+		etcdstore.WithTouchInterval(cfg.touch), etcdstore.WithTimeout(cfg.timeout),
+		etcdstore.WithPrincipal(exampleapp.PrincipalKey))
 	sm := exampleapp.NewSessionManager(store, cfg.idle, cfg.lifetime)
 	srv := &http.Server{Handler: withMetrics(exampleapp.New(sm), store), ReadHeaderTimeout: 10 * time.Second}
 

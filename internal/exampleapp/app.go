@@ -5,13 +5,18 @@ package exampleapp
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"log"
 	"net/http"
+	"sort"
 	"strings"
 	"time"
 
 	"github.com/alexedwards/scs/v2"
+	"github.com/etcdstore/etcdstore"
 )
 
 // MaxNameLen bounds the name a visitor logs in under, in bytes.
@@ -28,6 +33,17 @@ const (
 	keyMessage = "message" // string: what /put stores
 	keyUser    = "user"    // string: the name logged in under, or absent
 )
+
+// PrincipalKey is the session key that names a session's user: give it
+// to etcdstore.WithPrincipal so that /devices and /logout-everywhere work.
+const PrincipalKey = keyUser
+
+// principals is what a store that keeps sessions by principal offers
+// (etcdstore.EtcdStore with WithPrincipal).
+type principals interface {
+	FindByPrincipal(ctx context.Context, principal string) (map[string][]byte, error)
+	DeleteByPrincipal(ctx context.Context, principal string, except ...string) (int, error)
+}
 
 // NewSessionManager returns an SCS session manager that keeps its
 // sessions in store, with the given idle timeout (0 for none) and
@@ -50,6 +66,8 @@ func NewSessionManager(store scs.Store, idle, lifetime time.Duration) *scs.Sessi
 //	/login     log in as the form value "name", under a new token
 //	/logout    destroy the session
 //	/sessions  count the live sessions
+//	/devices   the sessions of the user logged in, and which is this one
+//	/logout-everywhere  end every other session of the user logged in
 func New(sm *scs.SessionManager) http.Handler {
 	a := &app{sm: sm}
 	mux := http.NewServeMux()
@@ -59,6 +77,8 @@ func New(sm *scs.SessionManager) http.Handler {
 	mux.HandleFunc("/login", a.login)
 	mux.HandleFunc("/logout", a.logout)
 	mux.HandleFunc("GET /sessions", a.sessions)
+	mux.HandleFunc("GET /devices", a.devices)
+	mux.HandleFunc("POST /logout-everywhere", a.logoutEverywhere)
 	return sm.LoadAndSave(mux)
 }
 
@@ -75,7 +95,7 @@ func (a *app) home(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "not logged in")
 	}
 	fmt.Fprintf(w, "message: %q\n\n", a.sm.GetString(ctx, keyMessage))
-	fmt.Fprintln(w, "routes: /put?m=MESSAGE /get /login?name=NAME /logout /sessions")
+	fmt.Fprintln(w, "routes: /put?m=MESSAGE /get /login?name=NAME /logout /sessions /devices, POST /logout-everywhere")
 }
 
 // put stores the form value "m" (query or body) as the message, or, as in
@@ -141,6 +161,85 @@ func (a *app) sessions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprintf(w, "live sessions: %d\n", n)
+}
+
+// principal returns the user logged in and the store's index of
+// sessions by user, or answers the request itself and returns false.
+func (a *app) principal(w http.ResponseWriter, r *http.Request) (string, principals, bool) {
+	user := a.sm.GetString(r.Context(), keyUser)
+	if user == "" {
+		http.Error(w, "not logged in", http.StatusForbidden)
+		return "", nil, false
+	}
+	p, ok := a.sm.Store.(principals)
+	if !ok {
+		noIndex(w)
+		return "", nil, false
+	}
+	return user, p, true
+}
+
+// noIndex answers that the session store keeps no sessions by user.
+func noIndex(w http.ResponseWriter) {
+	http.Error(w, "the session store keeps no sessions by user", http.StatusNotImplemented)
+}
+
+// devices lists the sessions of the user logged in, one line each, by a
+// short digest of the token (a token is a password: it is never shown),
+// marking the one of this request.
+func (a *app) devices(w http.ResponseWriter, r *http.Request) {
+	user, p, ok := a.principal(w, r)
+	if !ok {
+		return
+	}
+	sessions, err := p.FindByPrincipal(r.Context(), user)
+	if errors.Is(err, etcdstore.ErrNoPrincipal) {
+		noIndex(w)
+		return
+	}
+	if err != nil {
+		serverError(w, r, err)
+		return
+	}
+	current := a.sm.Token(r.Context())
+	var lines []string
+	for token := range sessions {
+		line := tokenDigest(token)
+		if token == current {
+			line += " (this one)"
+		}
+		lines = append(lines, line)
+	}
+	sort.Strings(lines)
+	fmt.Fprintf(w, "sessions of %s: %d\n", user, len(sessions))
+	for _, line := range lines {
+		fmt.Fprintln(w, line)
+	}
+}
+
+// logoutEverywhere ends every session of the user logged in but this
+// request's.
+func (a *app) logoutEverywhere(w http.ResponseWriter, r *http.Request) {
+	user, p, ok := a.principal(w, r)
+	if !ok {
+		return
+	}
+	n, err := p.DeleteByPrincipal(r.Context(), user, a.sm.Token(r.Context()))
+	if errors.Is(err, etcdstore.ErrNoPrincipal) {
+		noIndex(w)
+		return
+	}
+	if err != nil {
+		serverError(w, r, err)
+		return
+	}
+	fmt.Fprintf(w, "ended %d other sessions of %s\n", n, user)
+}
+
+// tokenDigest names a session without showing its token.
+func tokenDigest(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:4])
 }
 
 // serverError logs err, which comes from the session store or SCS, and

@@ -81,7 +81,7 @@ func TestInstancesShareSessions(t *testing.T) {
 	ann.Want(a.url, "/put", "stored\n")
 	ann.Want(b.url, "/get", hello)
 	ann.Want(b.url, "/login?name=ann", "logged in as ann\n")
-	ann.Want(a.url, "/", "logged in as ann\nmessage: \"Hello from a session!\"\n\nroutes: /put?m=MESSAGE /get /login?name=NAME /logout /sessions\n")
+	ann.Want(a.url, "/", "logged in as ann\nmessage: \"Hello from a session!\"\n\nroutes: /put?m=MESSAGE /get /login?name=NAME /logout /sessions /devices, POST /logout-everywhere\n")
 	// Another prefix is another set of sessions.
 	ann.Want(other.url, "/get", "\n")
 }
@@ -180,5 +180,32 @@ func TestIdleSessionExpires(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if !strings.HasPrefix(string(body), "not logged in\n") {
 		t.Fatalf("GET / with the expired token: %q, want not logged in", body)
+	}
+}
+
+// /devices and /logout-everywhere need a login and a store that keeps
+// sessions by user, and say so otherwise.
+func TestDevicesNeedLoginAndIndex(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	indexed := startInstance(t, srv, "devices:", time.Hour, etcdstore.WithPrincipal(PrincipalKey))
+	plain := startInstance(t, srv, "plain:", time.Hour)
+
+	ann := webtest.New(t)
+	if code, _ := ann.Get(indexed.url, "/devices"); code != http.StatusForbidden {
+		t.Errorf("/devices before login: %d, want 403", code)
+	}
+	ann.Want(indexed.url, "/login?name=ann", "logged in as ann\n")
+	if got := ann.MustGet(indexed.url, "/devices"); !strings.HasPrefix(got, "sessions of ann: 1\n") || !strings.HasSuffix(got, " (this one)\n") {
+		t.Errorf("/devices = %q, want this one", got)
+	}
+	if code, _ := ann.Get(indexed.url, "/logout-everywhere"); code != http.StatusMethodNotAllowed {
+		t.Errorf("GET /logout-everywhere: %d, want 405: it takes a POST", code)
+	}
+
+	bob := webtest.New(t)
+	bob.Want(plain.url, "/login?name=bob", "logged in as bob\n")
+	if code, _ := bob.Get(plain.url, "/devices"); code != http.StatusNotImplemented {
+		t.Errorf("/devices on a store without WithPrincipal: %d, want 501", code)
 	}
 }
