@@ -88,6 +88,19 @@
 // that outlived its session yields nothing. The index lies under
 // PrincipalIndexRange(prefix), outside every session prefix.
 //
+// # The read cache
+//
+// With WithReadCache, Find and All answer from a copy of the prefix range
+// that one etcd watch keeps in memory, after a barrier that keeps them
+// linearizable: a revision read linearizably after the read began, shared
+// by concurrent reads, and the watch caught up to it (with a progress
+// notification when no event would come), as Kubernetes' apiserver serves
+// consistent reads from its watch cache (KEP-2340). While the copy is not
+// in sync, reads go to etcd. The copy is the only one the store keeps of
+// stored values; what the store remembers per token (above) is recorded
+// from it as from a Get. The cache stays off on etcd servers older than
+// 3.4.31 or 3.5.13 (etcd#15220). Close stops its watch.
+//
 // # Space
 //
 // etcd keeps every revision until it is compacted, and refuses every

@@ -8,6 +8,7 @@ import (
 	"math"
 	"reflect"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/alexedwards/scs/v2"
@@ -66,9 +67,17 @@ type EtcdStore struct {
 	// principal index range.
 	principalKey string
 	index        string
-	seed         maphash.Seed     // for digests of session data
-	now          func() time.Time // time.Now; overridden in tests
-	stats        stats
+	seed         maphash.Seed // for digests of session data
+
+	cache     *readCache // WithReadCache, or nil
+	cacheOnce sync.Once  // Close
+
+	now   func() time.Time // time.Now; overridden in tests
+	stats stats
+
+	// cacheAfterList, if set before the cache starts, runs after each of
+	// its lists; tests use it to compact the revisions its watch needs.
+	cacheAfterList func()
 
 	// afterPage, if set, runs after All reads each page but the last; tests
 	// use it to change the keyspace in the middle of a scan.
@@ -88,6 +97,7 @@ type options struct {
 	remembered int
 	timeout    time.Duration
 	principal  string
+	cache      bool
 }
 
 // WithLeaseBucket fixes the width of the time buckets whose sessions share
@@ -206,7 +216,7 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 		o.timeout = defaultTimeout
 	}
 	start := time.Now()
-	return &EtcdStore{
+	s := &EtcdStore{
 		client:   client,
 		prefix:   prefix,
 		end:      rangeEnd(prefix),
@@ -228,6 +238,10 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 		seed:         maphash.MakeSeed(),
 		index:        PrincipalIndexRange(prefix),
 	}
+	if o.cache {
+		s.cache = newReadCache(s)
+	}
+	return s
 }
 
 // Find returns the data of the session token, as FindCtx does with
@@ -254,26 +268,20 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, fou
 	if err := s.clientErr(); err != nil {
 		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
 	}
-	var resp *clientv3.GetResponse
-	err = s.retry(ctx, func(ctx context.Context) (err error) {
-		resp, err = s.client.Get(ctx, keyFor(s.prefix, token))
-		return err
-	})
+	kv, present, rev, err := s.get(ctx, token)
 	if err != nil {
 		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
 	}
-	rev := resp.Header.Revision
-	if len(resp.Kvs) == 0 {
+	if !present {
 		s.memory.sawGone(token, rev)
 		return nil, false, nil
 	}
-	kv := resp.Kvs[0]
-	data, expiry, live, err := open(kv.Value, s.now())
+	data, expiry, live, err := open(kv.value, s.now())
 	if err != nil {
 		return nil, false, err
 	}
 	if live && expiry.IsZero() {
-		live, err = s.legacyLive(ctx, kv.Lease, nil)
+		live, err = s.legacyLive(ctx, kv.lease, nil)
 		if err != nil {
 			return nil, false, fmt.Errorf("etcdstore: find: %w", err)
 		}
@@ -293,6 +301,29 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, fou
 	}
 	s.memory.saw(token, seen)
 	return data, true, nil
+}
+
+// get reads what etcd holds for token, from the read cache when it can
+// serve the read (WithReadCache), and the revision it read at.
+func (s *EtcdStore) get(ctx context.Context, token string) (kv cachedKV, present bool, rev int64, err error) {
+	if s.cache != nil && s.cache.read(ctx, func(values map[string]cachedKV, r int64) {
+		kv, present = values[token]
+		rev = r
+	}) {
+		return kv, present, rev, nil
+	}
+	var resp *clientv3.GetResponse
+	err = s.retry(ctx, func(ctx context.Context) (err error) {
+		resp, err = s.client.Get(ctx, keyFor(s.prefix, token))
+		return err
+	})
+	if err != nil {
+		return cachedKV{}, false, 0, err
+	}
+	if len(resp.Kvs) == 0 {
+		return cachedKV{}, false, resp.Header.Revision, nil
+	}
+	return cachedKV{resp.Kvs[0].Value, resp.Kvs[0].Lease}, true, resp.Header.Revision, nil
 }
 
 // open decodes a stored value and reports whether it is live at now. A
@@ -634,6 +665,11 @@ func (s *EtcdStore) All() (map[string][]byte, error) {
 // decode.
 func (s *EtcdStore) AllCtx(ctx context.Context) (map[string][]byte, error) {
 	s.stats.alls.Add(1)
+	if s.cache != nil {
+		if sessions, ok, err := s.allCached(ctx); ok {
+			return sessions, s.stats.failed(err)
+		}
+	}
 	sessions, err := s.scan(ctx)
 	if errors.Is(err, rpctypes.ErrCompacted) {
 		sessions, err = s.scan(ctx)
@@ -642,6 +678,53 @@ func (s *EtcdStore) AllCtx(ctx context.Context) (map[string][]byte, error) {
 		return nil, s.stats.failed(err)
 	}
 	return sessions, nil
+}
+
+// allCached is AllCtx from the read cache, and reports false when the
+// cache cannot serve the read.
+func (s *EtcdStore) allCached(ctx context.Context) (map[string][]byte, bool, error) {
+	type entry struct {
+		token string
+		kv    cachedKV
+	}
+	var entries []entry
+	var rev int64
+	// Copied out under the cache's read lock, decoded after it.
+	if !s.cache.read(ctx, func(values map[string]cachedKV, r int64) {
+		entries = make([]entry, 0, len(values))
+		for token, kv := range values {
+			entries = append(entries, entry{token, kv})
+		}
+		rev = r
+	}) {
+		return nil, false, nil
+	}
+	now := s.now()
+	sessions := make(map[string][]byte, len(entries))
+	tokens := make([]string, 0, len(entries))
+	seen := make([]sighting, 0, len(entries))
+	var legacy map[int64]bool
+	for _, e := range entries {
+		data, expiry, live, err := open(e.kv.value, now)
+		if err != nil {
+			return nil, true, fmt.Errorf("%w (key %q)", err, keyFor(s.prefix, e.token))
+		}
+		if live && expiry.IsZero() {
+			if legacy == nil {
+				legacy = make(map[int64]bool)
+			}
+			if live, err = s.legacyLive(ctx, e.kv.lease, legacy); err != nil {
+				return nil, true, fmt.Errorf("etcdstore: all: %w", err)
+			}
+		}
+		if live {
+			sessions[e.token] = data
+			tokens = append(tokens, e.token)
+			seen = append(seen, sighting{rev: rev, live: true, expiry: expiry})
+		}
+	}
+	s.memory.sawAll(tokens, seen)
+	return sessions, true, nil
 }
 
 // scan reads the whole prefix range in pages at one revision.

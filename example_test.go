@@ -297,3 +297,26 @@ func ExampleEtcdStore_DeleteByPrincipal() {
 	// ann's sessions: 3
 	// ended: 2 left: 1 the current one: true
 }
+
+// Linearizable reads from memory: a store with the read cache sees at
+// once what another store, on another client, committed.
+func ExampleWithReadCache() {
+	writerClient, readerClient := newClient(), newClient()
+	defer writerClient.Close()
+	defer readerClient.Close()
+	writer := etcdstore.NewWithPrefix(writerClient, "example-cache:")
+	reader := etcdstore.NewWithPrefix(readerClient, "example-cache:", etcdstore.WithReadCache())
+	defer reader.Close() // stops the cache's watch
+
+	if err := writer.Commit("token", []byte("fresh"), time.Now().Add(time.Hour)); err != nil {
+		log.Fatal(err)
+	}
+	data, found, err := reader.Find("token")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(string(data), found)
+	writer.Delete("token") // the example's own cleanup
+	// Output:
+	// fresh true
+}

@@ -156,7 +156,8 @@ func checkLinearizable(t *testing.T, ops []porcupine.Operation) {
 
 // TestLinearizableUnderLeaderLoss runs Commit, Delete and Find on three
 // tokens from four stores, each with its own client given every member,
-// crashes the leader in the middle, and checks the history.
+// two of them with the read cache, crashes the leader in the middle, and
+// checks the history.
 func TestLinearizableUnderLeaderLoss(t *testing.T) {
 	t.Parallel()
 	const (
@@ -179,7 +180,13 @@ func TestLinearizableUnderLeaderLoss(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	for id := range clients {
-		s := NewWithPrefix(c.Client(t), faultPrefix(t))
+		// Half the stores read from the read cache.
+		var opts []Option
+		if id%2 == 1 {
+			opts = append(opts, WithReadCache())
+		}
+		s := NewWithPrefix(c.Client(t), faultPrefix(t), opts...)
+		t.Cleanup(func() { s.Close() })
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(seed, uint64(id)))
 			for n := range maxOps {

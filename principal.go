@@ -156,7 +156,8 @@ func errNoPrincipal(method string) error {
 type indexEntry struct {
 	key   string
 	token string
-	rev   int64 // its ModRevision
+	rev     int64 // its ModRevision
+	created int64 // its CreateRevision
 }
 
 // FindByPrincipal returns the live sessions of principal, token to data,
@@ -190,10 +191,12 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (map[
 // tokens in except (the caller's own, for "log out other devices"), with
 // their index entries, and returns how many sessions it deleted. Index
 // entries that no longer index a live session of principal are deleted
-// too. Each session is deleted only if it has not changed since it was
-// read and found to be principal's, in Txns of at most 64 sessions
-// (etcd's --max-txn-ops defaults to 128); a Txn that a concurrent change
-// fails is made again from a fresh read, up to 5 times.
+// too. Each session is deleted only if it is still indexed under
+// principal by the entry read with it (a commit that changes or removes
+// its principal deletes that entry, while the commits of requests in
+// flight only rewrite it), in Txns of at most 64 sessions (etcd's
+// --max-txn-ops defaults to 128); a Txn that a concurrent change fails is
+// made again from a fresh read, up to 5 times.
 //
 // Once it returns nil, no request in flight on any app server can bring
 // one of the deleted sessions back: every store that loaded one
@@ -252,7 +255,11 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 			}
 			kv := kvs[e.token]
 			if _, ok, _ := s.ofPrincipal(kv, principal); ok {
-				batch = append(batch, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision))
+				// Deleted unless its entry was deleted since: a change
+				// of principal takes the entry, while the commits of
+				// requests in flight, which rewrite the session and its
+				// entry, leave the entry's creation as it was.
+				batch = append(batch, clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.created))
 				ops = append(ops, clientv3.OpDelete(string(kv.Key)), clientv3.OpDelete(e.key))
 				tokens = append(tokens, e.token)
 			} else {
@@ -292,7 +299,7 @@ func (s *EtcdStore) principalSessions(ctx context.Context, principal string) ([]
 	for _, kv := range resp.Kvs {
 		token := strings.TrimPrefix(string(kv.Key), from)
 		if validToken(token) {
-			entries = append(entries, indexEntry{key: string(kv.Key), token: token, rev: kv.ModRevision})
+			entries = append(entries, indexEntry{key: string(kv.Key), token: token, rev: kv.ModRevision, created: kv.CreateRevision})
 		}
 	}
 	kvs := make(map[string]*mvccpb.KeyValue, len(entries))

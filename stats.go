@@ -37,6 +37,10 @@ type Stats struct {
 	// Retries counts etcd requests tried again after a failure that a
 	// leader change or a lost connection explains.
 	Retries int64
+	// CacheReads counts the Finds and Alls that the read cache answered
+	// (WithReadCache); CacheFallbacks those it could not, which read
+	// from etcd: the cache was not in sync, or off on an old server.
+	CacheReads, CacheFallbacks int64
 	// Errors counts the calls that returned an error, by kind.
 	Errors ErrorStats
 }
@@ -109,6 +113,8 @@ func (s *EtcdStore) Stats() Stats {
 		Leases:               s.leases.len(s.now()),
 		RememberedTokens:     s.memory.len(),
 		Retries:              c.retries.Load(),
+		CacheReads:           s.cacheHits(),
+		CacheFallbacks:       s.cacheMisses(),
 		Errors: ErrorStats{
 			NoSpace:  c.noSpace.Load(),
 			TooLarge: c.tooLarge.Load(),
@@ -119,4 +125,18 @@ func (s *EtcdStore) Stats() Stats {
 			Other:    c.other.Load(),
 		},
 	}
+}
+
+func (s *EtcdStore) cacheHits() int64 {
+	if s.cache == nil {
+		return 0
+	}
+	return s.cache.hits.Load()
+}
+
+func (s *EtcdStore) cacheMisses() int64 {
+	if s.cache == nil {
+		return 0
+	}
+	return s.cache.misses.Load()
 }

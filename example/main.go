@@ -71,6 +71,7 @@ type config struct {
 	compact   time.Duration // etcdstore.RunCompactor's interval; 0 for none
 	lifetime  time.Duration // scs.SessionManager.Lifetime
 	timeout   time.Duration // etcdstore.WithTimeout
+	cache     bool          // etcdstore.WithReadCache
 }
 
 // parseFlags reads the configuration from the command-line arguments.
@@ -87,6 +88,7 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs.DurationVar(&cfg.touch, "touch", 10*time.Minute, "a request that changes nothing writes its session again only once its expiry moves this far; 0 writes on every request (etcdstore.WithTouchInterval)")
 	fs.DurationVar(&cfg.compact, "compact", 0, "compact the etcd cluster this often, taking turns with the other app servers (etcdstore.RunCompactor), for a cluster that holds only sessions; 0 for never (the embedded etcd compacts itself)")
 	fs.DurationVar(&cfg.lifetime, "lifetime", 24*time.Hour, "a session expires this long after it began, however active")
+	fs.BoolVar(&cfg.cache, "cache", false, "answer session reads from a watch-fed copy of the sessions in memory, still linearizable (etcdstore.WithReadCache)")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "a request fails with a 500 when etcd has not answered the session store in this long (etcdstore.WithTimeout)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -161,9 +163,13 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 	defer conn.close()
 
 	log.Printf("sessions in etcd at %s under prefix %q", strings.Join(conn.client.Endpoints(), ","), cfg.prefix)
-	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix,
-		etcdstore.WithTouchInterval(cfg.touch), etcdstore.WithTimeout(cfg.timeout),
-		etcdstore.WithPrincipal(exampleapp.PrincipalKey))
+	opts := []etcdstore.Option{etcdstore.WithTouchInterval(cfg.touch), etcdstore.WithTimeout(cfg.timeout),
+		etcdstore.WithPrincipal(exampleapp.PrincipalKey)}
+	if cfg.cache {
+		opts = append(opts, etcdstore.WithReadCache())
+	}
+	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix, opts...)
+	defer store.Close()
 	sm := exampleapp.NewSessionManager(store, cfg.idle, cfg.lifetime)
 	srv := &http.Server{Handler: withMetrics(exampleapp.New(sm), store), ReadHeaderTimeout: 10 * time.Second}
 

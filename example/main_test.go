@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -30,7 +31,7 @@ func TestMain(m *testing.M) {
 // its sessions again when started anew on the same directory.
 func TestServeKeepsSessionsAcrossRestarts(t *testing.T) {
 	t.Parallel()
-	cfg, err := parseFlags([]string{"-data", t.TempDir(), "-addr", "127.0.0.1:0", "-compact", "100ms"}, io.Discard)
+	cfg, err := parseFlags([]string{"-data", t.TempDir(), "-addr", "127.0.0.1:0", "-compact", "100ms", "-cache"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,6 +79,12 @@ func TestServeKeepsSessionsAcrossRestarts(t *testing.T) {
 			t.Errorf("/metrics has no line %q:\n%s", want, metrics)
 		}
 	}
+	// With -cache, the three reads came from the cache or, until it was
+	// in sync, from etcd.
+	hits, fallbacks := metricValue(t, metrics, `etcdstore_cache_reads_total{result="hit"}`), metricValue(t, metrics, `etcdstore_cache_reads_total{result="fallback"}`)
+	if hits+fallbacks != 3 {
+		t.Errorf("cache reads: %v hits and %v fallbacks, want 3 in all", hits, fallbacks)
+	}
 	stop()
 }
 
@@ -123,4 +130,21 @@ func TestParseFlagsFromEnvironment(t *testing.T) {
 	if err != nil || strings.Join(cfg.endpoints, " ") != "http://127.0.0.1:32379" {
 		t.Errorf("-etcd beside ETCD_ENDPOINTS: %q, %v; want the flag's", cfg.endpoints, err)
 	}
+}
+
+// metricValue returns the value of the metric line that begins with name
+// in Prometheus's text format.
+func metricValue(t *testing.T, metrics, name string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(metrics, "\n") {
+		if rest, ok := strings.CutPrefix(line, name+" "); ok {
+			v, err := strconv.ParseFloat(rest, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", name, err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

@@ -30,6 +30,8 @@ var (
 		"Session tokens the store remembers.", nil, nil)
 	retriesDesc = prometheus.NewDesc("etcdstore_retries_total",
 		"etcd requests tried again after a leader change or a lost connection.", nil, nil)
+	cacheDesc = prometheus.NewDesc("etcdstore_cache_reads_total",
+		"Finds and Alls by whether the read cache answered them (hit) or etcd did (fallback).", []string{"result"}, nil)
 	errorsDesc = prometheus.NewDesc("etcdstore_errors_total",
 		"Calls of the session store that returned an error, by kind.", []string{"kind"}, nil)
 )
@@ -56,6 +58,8 @@ func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(leasesDesc, st.Leases)
 	gauge(rememberedDesc, st.RememberedTokens)
 	counter(retriesDesc, st.Retries)
+	counter(cacheDesc, st.CacheReads, "hit")
+	counter(cacheDesc, st.CacheFallbacks, "fallback")
 	e := st.Errors
 	for kind, n := range map[string]int64{
 		"no_space": e.NoSpace, "too_large": e.TooLarge, "auth": e.Auth, "corrupt": e.Corrupt,

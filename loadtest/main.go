@@ -1,9 +1,10 @@
 // Command loadtest measures the example app (internal/exampleapp) under
-// wrk, on loopback, with its sessions in each of four stores, and prints
+// wrk, on loopback, with its sessions in each of five stores, and prints
 // requests per second, latency percentiles and writes per request:
 //
 //	etcdstore        this store, as New makes it
 //	etcdstore-touch  this store with WithTouchInterval(IdleTimeout/2)
+//	etcdstore-cache  this store with WithReadCache and the touch interval
 //	naive            one new lease per commit, as
 //	                 github.com/alexedwards/scs/etcdstore does
 //	redis            a local redis-server with appendfsync everysec, and a
@@ -83,7 +84,7 @@ var (
 	lifetime    = flag.Duration("lifetime", 24*time.Hour, "SCS Lifetime")
 	rounds      = flag.Int("rounds", 3, "rounds of runs, each store once a round, in another order each round")
 	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the measured runs, app and embedded etcd alike, to `file`")
-	only        = flag.String("stores", "", "comma-separated stores to measure (default all: etcdstore,etcdstore-touch,naive,redis)")
+	only        = flag.String("stores", "", "comma-separated stores to measure (default all: etcdstore,etcdstore-touch,etcdstore-cache,naive,redis)")
 )
 
 // store is one session store under test, on a backend of its own.
@@ -97,6 +98,9 @@ var stores = []store{
 	{"etcdstore", false, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore { return etcdstore.New(c) }},
 	{"etcdstore-touch", false, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
 		return etcdstore.New(c, etcdstore.WithTouchInterval(*idle/2))
+	}},
+	{"etcdstore-cache", false, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
+		return etcdstore.New(c, etcdstore.WithReadCache(), etcdstore.WithTouchInterval(*idle/2))
 	}},
 	{"naive", false, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
 		return &naive.Store{Client: c, Prefix: etcdstore.DefaultPrefix}
@@ -311,7 +315,11 @@ func measure(wrk, redisServer, script, dir string, s store) (result, error) {
 	defer b.stop()
 
 	var appErrors, aborted atomic.Int64
-	counts := &countingStore{store: s.new(b.etcd, b.redis)}
+	st := s.new(b.etcd, b.redis)
+	if c, ok := st.(interface{ Close() error }); ok {
+		defer c.Close() // the read cache's watch
+	}
+	counts := &countingStore{store: st}
 	sm := exampleapp.NewSessionManager(counts, *idle, *lifetime)
 	sm.ErrorFunc = func(w http.ResponseWriter, r *http.Request, err error) {
 		// wrk closes its connections when its time is up: the requests
@@ -645,7 +653,7 @@ func report(w io.Writer, results []result) {
 	for _, r := range results {
 		perSec[r.store] = r.wrk.requestsPerSec
 	}
-	for _, s := range []string{"etcdstore", "etcdstore-touch"} {
+	for _, s := range []string{"etcdstore", "etcdstore-touch", "etcdstore-cache"} {
 		for _, base := range []string{"etcdstore", "naive", "redis"} {
 			if s != base && perSec[s] > 0 && perSec[base] > 0 {
 				fmt.Fprintf(w, "%s/%s throughput: %.2fx\n", s, base, perSec[s]/perSec[base])
