@@ -50,8 +50,9 @@ const cacheRetry = 100 * time.Millisecond
 // sessions in memory, kept by one etcd watch, while staying linearizable:
 // a session committed or deleted by any app server before a Find begins is
 // seen by that Find (see The read cache in the package documentation).
-// Every app server then holds every session of the prefix in memory,
-// about the size of the data plus 200 bytes each (BenchmarkCacheMemory).
+// Every app server then holds every session of the prefix in memory:
+// about 400 bytes a session of 256 bytes, 5 KB one of 4 KiB
+// (BenchmarkCacheMemory).
 //
 // The store starts a goroutine for the watch; Close stops it. The cache
 // turns itself off, and reads go to etcd, on servers older than 3.4.31 or
@@ -73,8 +74,9 @@ type readCache struct {
 	synced  bool
 	changed chan struct{} // closed, and replaced, when rev moves or sync is lost
 
-	bmu      sync.Mutex
+	bmu      sync.Mutex // protects inFlight, next and closed
 	inFlight bool
+	closed   bool
 	next     *barrier // the barrier the next request will serve
 
 	progress atomic.Bool    // a progress request is being sent
@@ -113,7 +115,8 @@ func newReadCache(s *EtcdStore) *readCache {
 func (c *readCache) close() {
 	c.cancel()
 	<-c.done
-	c.bmu.Lock() // no request starts after this
+	c.bmu.Lock()
+	c.closed = true // no request starts after this
 	c.bmu.Unlock()
 	c.wg.Wait()
 }
@@ -287,8 +290,8 @@ func (c *readCache) barrier(ctx context.Context) (int64, error) {
 func (c *readCache) startLocked() {
 	b := c.next
 	c.next = nil
-	if c.ctx.Err() != nil {
-		b.err = c.ctx.Err()
+	if c.closed || c.ctx.Err() != nil {
+		b.err = errNotSynced
 		close(b.done)
 		return
 	}
@@ -355,7 +358,7 @@ func (c *readCache) wait(ctx context.Context, rev int64) error {
 func (c *readCache) requestProgress() {
 	c.bmu.Lock()
 	defer c.bmu.Unlock()
-	if c.ctx.Err() != nil || !c.progress.CompareAndSwap(false, true) {
+	if c.closed || c.ctx.Err() != nil || !c.progress.CompareAndSwap(false, true) {
 		return
 	}
 	c.wg.Add(1)
