@@ -154,8 +154,8 @@ func errNoPrincipal(method string) error {
 
 // indexEntry is one entry of the principal index, as read.
 type indexEntry struct {
-	key   string
-	token string
+	key     string
+	token   string
 	rev     int64 // its ModRevision
 	created int64 // its CreateRevision
 }
