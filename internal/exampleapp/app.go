@@ -233,7 +233,11 @@ func (a *app) logoutEverywhere(w http.ResponseWriter, r *http.Request) {
 		serverError(w, r, err)
 		return
 	}
-	fmt.Fprintf(w, "ended %d other sessions of %s\n", n, user)
+	sessions := "sessions"
+	if n == 1 {
+		sessions = "session"
+	}
+	fmt.Fprintf(w, "ended %d other %s of %s\n", n, sessions, user)
 }
 
 // tokenDigest names a session without showing its token.

@@ -202,6 +202,16 @@ func TestDevicesNeedLoginAndIndex(t *testing.T) {
 	if code, _ := ann.Get(indexed.url, "/logout-everywhere"); code != http.StatusMethodNotAllowed {
 		t.Errorf("GET /logout-everywhere: %d, want 405: it takes a POST", code)
 	}
+	webtest.New(t).Want(indexed.url, "/login?name=ann", "logged in as ann\n") // another device
+	resp, err := ann.Client.Post(indexed.url+"/logout-everywhere", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "ended 1 other session of ann\n" {
+		t.Errorf("POST /logout-everywhere = %q", body)
+	}
 
 	bob := webtest.New(t)
 	bob.Want(plain.url, "/login?name=bob", "logged in as bob\n")
