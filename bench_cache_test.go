@@ -1,7 +1,6 @@
 package etcdstore_test
 
 import (
-	"fmt"
 	"runtime"
 	"strconv"
 	"testing"
@@ -48,24 +47,9 @@ func BenchmarkFindCached(b *testing.B) {
 				b.Fatal(err)
 			}
 			store := cachedStore(b, func() *etcdstore.EtcdStore { return etcdstore.New(client, etcdstore.WithReadCache()) }, tokens[0])
-			find := func(s *etcdstore.EtcdStore) func(i int) error {
-				return func(i int) error {
-					_, found, err := s.FindCtx(ctx, tokens[i%hotSessions])
-					if err == nil && !found {
-						err = fmt.Errorf("find %q: not found", tokens[i%hotSessions])
-					}
-					return err
-				}
-			}
-			storeOp := contender{"store", find(store)}
-			rawOp := contender{"raw-get", func(i int) error {
-				resp, err := client.Get(ctx, keys[i%hotSessions])
-				if err == nil && len(resp.Kvs) != 1 {
-					err = fmt.Errorf("get %q: %d keys, want 1", keys[i%hotSessions], len(resp.Kvs))
-				}
-				return err
-			}}
-			uncachedOp := contender{"uncached", find(plain)}
+			storeOp := findOp(ctx, "store", store, tokens)
+			rawOp := rawGetOp(ctx, client, keys)
+			uncachedOp := findOp(ctx, "uncached", plain, tokens)
 			before := store.Stats()
 			s, base := interleave(b, nil, storeOp, rawOp, uncachedOp)
 			reportBaselines(b, s, []contender{rawOp, uncachedOp}, base)

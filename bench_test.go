@@ -277,24 +277,35 @@ func BenchmarkFind(b *testing.B) {
 				b.Fatal(err)
 			}
 
-			storeOp := contender{"store", func(i int) error {
-				_, found, err := store.FindCtx(ctx, tokens[i%hotSessions])
-				if err == nil && !found {
-					err = fmt.Errorf("find %q: not found", tokens[i%hotSessions])
-				}
-				return err
-			}}
-			rawOp := contender{"raw-get", func(i int) error {
-				resp, err := client.Get(ctx, keys[i%hotSessions])
-				if err == nil && len(resp.Kvs) != 1 {
-					err = fmt.Errorf("get %q: %d keys, want 1", keys[i%hotSessions], len(resp.Kvs))
-				}
-				return err
-			}}
+			storeOp := findOp(ctx, "store", store, tokens)
+			rawOp := rawGetOp(ctx, client, keys)
 			s, base := interleave(b, nil, storeOp, rawOp)
 			reportBaselines(b, s, []contender{rawOp}, base)
 		})
 	}
+}
+
+// findOp is a contender that finds one of tokens, which must be live,
+// through store.
+func findOp(ctx context.Context, name string, store *etcdstore.EtcdStore, tokens []string) contender {
+	return contender{name, func(i int) error {
+		_, found, err := store.FindCtx(ctx, tokens[i%len(tokens)])
+		if err == nil && !found {
+			err = fmt.Errorf("find %q: not found", tokens[i%len(tokens)])
+		}
+		return err
+	}}
+}
+
+// rawGetOp is the raw linearizable Get of one of keys, which must exist.
+func rawGetOp(ctx context.Context, client *clientv3.Client, keys []string) contender {
+	return contender{"raw-get", func(i int) error {
+		resp, err := client.Get(ctx, keys[i%len(keys)])
+		if err == nil && len(resp.Kvs) != 1 {
+			err = fmt.Errorf("get %q: %d keys, want 1", keys[i%len(keys)], len(resp.Kvs))
+		}
+		return err
+	}}
 }
 
 // BenchmarkDelete compares Delete of a live session with a raw Delete of

@@ -276,15 +276,12 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, fou
 		s.memory.sawGone(token, rev)
 		return nil, false, nil
 	}
-	data, expiry, live, err := open(kv.value, s.now())
-	if err != nil {
+	data, expiry, live, err := s.liveValue(ctx, kv, s.now(), nil)
+	if errors.Is(err, errCorrupt) {
 		return nil, false, err
 	}
-	if live && expiry.IsZero() {
-		live, err = s.legacyLive(ctx, kv.lease, nil)
-		if err != nil {
-			return nil, false, fmt.Errorf("etcdstore: find: %w", err)
-		}
+	if err != nil {
+		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
 	}
 	if !live {
 		s.memory.sawGone(token, rev)
@@ -338,6 +335,18 @@ func open(value []byte, now time.Time) (data []byte, expiry time.Time, live bool
 		return nil, time.Time{}, false, nil
 	}
 	return data, expiry, true, nil
+}
+
+// liveValue decodes the stored session kv and reports whether it is live
+// at now: by the expiry in its envelope, or, for a legacy value, by its
+// lease (legacyLive, whose answers known, if not nil, caches). Its errors
+// are open's, and legacyLive's without a package prefix.
+func (s *EtcdStore) liveValue(ctx context.Context, kv cachedKV, now time.Time, known map[int64]bool) (data []byte, expiry time.Time, live bool, err error) {
+	data, expiry, live, err = open(kv.value, now)
+	if err == nil && live && expiry.IsZero() {
+		live, err = s.legacyLive(ctx, kv.lease, known)
+	}
+	return data, expiry, live, err
 }
 
 // legacyLive reports whether a legacy value, written by
@@ -699,32 +708,55 @@ func (s *EtcdStore) allCached(ctx context.Context) (map[string][]byte, bool, err
 	}) {
 		return nil, false, nil
 	}
-	now := s.now()
-	sessions := make(map[string][]byte, len(entries))
-	tokens := make([]string, 0, len(entries))
-	seen := make([]sighting, 0, len(entries))
-	var legacy map[int64]bool
+	snap := s.newSnapshot(rev, len(entries))
 	for _, e := range entries {
-		data, expiry, live, err := open(e.kv.value, now)
-		if err != nil {
-			return nil, true, fmt.Errorf("%w (key %q)", err, keyFor(s.prefix, e.token))
-		}
-		if live && expiry.IsZero() {
-			if legacy == nil {
-				legacy = make(map[int64]bool)
-			}
-			if live, err = s.legacyLive(ctx, e.kv.lease, legacy); err != nil {
-				return nil, true, fmt.Errorf("etcdstore: all: %w", err)
-			}
-		}
-		if live {
-			sessions[e.token] = data
-			tokens = append(tokens, e.token)
-			seen = append(seen, sighting{rev: rev, live: true, expiry: expiry})
+		if err := snap.add(ctx, e.token, e.kv); err != nil {
+			return nil, true, err
 		}
 	}
-	s.memory.sawAll(tokens, seen)
-	return sessions, true, nil
+	snap.remember()
+	return snap.sessions, true, nil
+}
+
+// snapshot gathers the live sessions of one All at one revision, and
+// what the store remembers of them: so that SCS's Iterate, whose callback
+// may commit them, cannot bring them back after a delete.
+type snapshot struct {
+	s        *EtcdStore
+	now      time.Time // one instant for the whole snapshot
+	rev      int64
+	sessions map[string][]byte
+	legacy   map[int64]bool // whether each lease of legacy values is live
+	tokens   []string       // the sessions added since the last remember
+	seen     []sighting     // and their sightings
+}
+
+func (s *EtcdStore) newSnapshot(rev int64, size int) *snapshot {
+	return &snapshot{s: s, now: s.now(), rev: rev, sessions: make(map[string][]byte, size), legacy: make(map[int64]bool)}
+}
+
+// add adds the session token, stored as kv, if it is live.
+func (a *snapshot) add(ctx context.Context, token string, kv cachedKV) error {
+	data, expiry, live, err := a.s.liveValue(ctx, kv, a.now, a.legacy)
+	if errors.Is(err, errCorrupt) {
+		return fmt.Errorf("%w (key %q)", err, keyFor(a.s.prefix, token))
+	}
+	if err != nil {
+		return fmt.Errorf("etcdstore: all: %w", err)
+	}
+	if live {
+		a.sessions[token] = data
+		a.tokens = append(a.tokens, token)
+		a.seen = append(a.seen, sighting{rev: a.rev, live: true, expiry: expiry})
+	}
+	return nil
+}
+
+// remember records the sightings of the sessions added since the last
+// call, under one lock of the memory.
+func (a *snapshot) remember() {
+	a.s.memory.sawAll(a.tokens, a.seen)
+	a.tokens, a.seen = a.tokens[:0], a.seen[:0]
 }
 
 // scan reads the whole prefix range in pages at one revision.
@@ -732,13 +764,9 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 	if err := s.clientErr(); err != nil {
 		return nil, fmt.Errorf("etcdstore: all: %w", err)
 	}
-	sessions := make(map[string][]byte)
-	now := s.now() // one instant for the whole snapshot
-	var rev int64  // 0 for the first page: the current revision
+	snap := s.newSnapshot(0, 0)
+	var rev int64 // 0 for the first page: the current revision
 	from := s.prefix
-	var tokens []string // the live sessions of a page, and their sightings
-	var seen []sighting
-	var legacy map[int64]bool // whether each lease of legacy values is live
 	for {
 		resp, err := s.page(ctx, from, rev)
 		if err != nil {
@@ -746,33 +774,16 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
+			snap.rev = rev
 		}
-		tokens, seen = tokens[:0], seen[:0]
 		for _, kv := range resp.Kvs {
-			data, expiry, live, err := open(kv.Value, now)
-			if err != nil {
-				return nil, fmt.Errorf("%w (key %q)", err, kv.Key)
-			}
-			if live && expiry.IsZero() {
-				if legacy == nil {
-					legacy = make(map[int64]bool)
-				}
-				if live, err = s.legacyLive(ctx, kv.Lease, legacy); err != nil {
-					return nil, fmt.Errorf("etcdstore: all: %w", err)
-				}
-			}
-			if live {
-				token := tokenFor(s.prefix, kv.Key)
-				sessions[token] = data
-				tokens = append(tokens, token)
-				seen = append(seen, sighting{rev: rev, live: true, expiry: expiry})
+			if err := snap.add(ctx, tokenFor(s.prefix, kv.Key), cachedKV{kv.Value, kv.Lease}); err != nil {
+				return nil, err
 			}
 		}
-		// Remembered so that SCS's Iterate, whose callback may commit
-		// them, cannot bring them back after a delete.
-		s.memory.sawAll(tokens, seen)
+		snap.remember()
 		if !resp.More || len(resp.Kvs) == 0 {
-			return sessions, nil
+			return snap.sessions, nil
 		}
 		from = nextKey(resp.Kvs[len(resp.Kvs)-1].Key)
 		if s.afterPage != nil {

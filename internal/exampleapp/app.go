@@ -179,6 +179,16 @@ func (a *app) principal(w http.ResponseWriter, r *http.Request) (string, princip
 	return user, p, true
 }
 
+// principalError answers a request whose lookup by user failed with
+// err: 501 for a store made without etcdstore.WithPrincipal, else 500.
+func principalError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, etcdstore.ErrNoPrincipal) {
+		noIndex(w)
+		return
+	}
+	serverError(w, r, err)
+}
+
 // noIndex answers that the session store keeps no sessions by user.
 func noIndex(w http.ResponseWriter) {
 	http.Error(w, "the session store keeps no sessions by user", http.StatusNotImplemented)
@@ -193,12 +203,8 @@ func (a *app) devices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sessions, err := p.FindByPrincipal(r.Context(), user)
-	if errors.Is(err, etcdstore.ErrNoPrincipal) {
-		noIndex(w)
-		return
-	}
 	if err != nil {
-		serverError(w, r, err)
+		principalError(w, r, err)
 		return
 	}
 	current := a.sm.Token(r.Context())
@@ -225,12 +231,8 @@ func (a *app) logoutEverywhere(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n, err := p.DeleteByPrincipal(r.Context(), user, a.sm.Token(r.Context()))
-	if errors.Is(err, etcdstore.ErrNoPrincipal) {
-		noIndex(w)
-		return
-	}
 	if err != nil {
-		serverError(w, r, err)
+		principalError(w, r, err)
 		return
 	}
 	sessions := "sessions"
