@@ -24,6 +24,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/etcdstore/etcdstore/internal/embedetcd"
+	"github.com/etcdstore/etcdstore/internal/faultproxy"
 	"go.uber.org/zap"
 )
 
@@ -255,4 +256,26 @@ func Leases(tb testing.TB, c *clientv3.Client) int {
 		tb.Fatalf("etcdtest: list leases: %v", err)
 	}
 	return len(resp.Leases)
+}
+
+// Proxy returns a fault-injecting proxy to the member's client port,
+// closed when the test ends: a client given its URL reaches the member
+// through a link the test can hold, reset or refuse.
+func (s *Server) Proxy(tb testing.TB) *faultproxy.Proxy {
+	tb.Helper()
+	s.needOwn("Proxy")
+	p, err := faultproxy.New(s.Cfg.ListenClientUrls[0].Host)
+	if err != nil {
+		tb.Fatalf("etcdtest: proxy: %v", err)
+	}
+	tb.Cleanup(p.Close)
+	return p
+}
+
+// AppliedIndex returns the raft index the member has applied: it moves
+// with every entry applied, a Txn whose compare failed included.
+func (s *Server) AppliedIndex() uint64 {
+	s.tb.Helper()
+	s.needOwn("AppliedIndex")
+	return s.Etcd.Server.AppliedIndex()
 }
