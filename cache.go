@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -90,10 +91,16 @@ type readCache struct {
 }
 
 // cachedKV is a session as etcd holds it: its stored value (the
-// envelope) and its lease.
+// envelope), its lease and its key's mod revision.
 type cachedKV struct {
 	value []byte
 	lease int64
+	mod   int64
+}
+
+// kvOf is the cachedKV of a key-value read from etcd.
+func kvOf(kv *mvccpb.KeyValue) cachedKV {
+	return cachedKV{value: kv.Value, lease: kv.Lease, mod: kv.ModRevision}
 }
 
 // barrier is one linearizable revision request, shared by the reads that
@@ -203,7 +210,7 @@ func (c *readCache) list(ctx context.Context) (int64, error) {
 	var rev int64
 	from := c.s.prefix
 	for {
-		resp, err := c.s.page(ctx, from, rev)
+		resp, err := c.s.page(c.s.newCall(ctx), from, rev)
 		if err != nil {
 			return 0, err
 		}
@@ -211,7 +218,7 @@ func (c *readCache) list(ctx context.Context) (int64, error) {
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			values[tokenFor(c.s.prefix, kv.Key)] = cachedKV{kv.Value, kv.Lease}
+			values[tokenFor(c.s.prefix, kv.Key)] = kvOf(kv)
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
 			break
@@ -239,7 +246,7 @@ func (c *readCache) watch(ctx context.Context, rev int64) {
 			if ev.Type == clientv3.EventTypeDelete {
 				delete(c.values, token)
 			} else {
-				c.values[token] = cachedKV{ev.Kv.Value, ev.Kv.Lease}
+				c.values[token] = kvOf(ev.Kv)
 			}
 			c.rev = max(c.rev, ev.Kv.ModRevision)
 		}
@@ -266,8 +273,8 @@ func (c *readCache) notifyLocked() {
 }
 
 // barrier returns a revision of etcd's that a linearizable request,
-// started after the call, read.
-func (c *readCache) barrier(ctx context.Context) (int64, error) {
+// started after the call, read, or an error once c's deadline passes.
+func (c *readCache) barrier(rc call) (int64, error) {
 	c.bmu.Lock()
 	b := c.next
 	if b == nil {
@@ -278,11 +285,15 @@ func (c *readCache) barrier(ctx context.Context) (int64, error) {
 		c.startLocked()
 	}
 	c.bmu.Unlock()
+	deadline := time.NewTimer(time.Until(rc.deadline))
+	defer deadline.Stop()
 	select {
 	case <-b.done:
 		return b.rev, b.err
-	case <-ctx.Done():
-		return 0, ctx.Err()
+	case <-rc.ctx.Done():
+		return 0, rc.ctx.Err()
+	case <-deadline.C:
+		return 0, context.DeadlineExceeded
 	}
 }
 
@@ -299,9 +310,10 @@ func (c *readCache) startLocked() {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		ctx, cancel := context.WithTimeout(c.ctx, c.s.timeout)
+		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(c.ctx), c.s.timeout)
 		// A count of one key that never exists: linearizable, and it
-		// reads no data.
+		// reads no data. Its readers wait for it no longer than their
+		// own deadlines.
 		resp, err := c.s.client.Get(ctx, c.s.prefix, clientv3.WithCountOnly())
 		cancel()
 		if err == nil {
@@ -322,9 +334,10 @@ func (c *readCache) startLocked() {
 var errNotSynced = errors.New("read cache not in sync")
 
 // wait returns once the copy has applied every event up to rev, holding
-// the read lock, or an error, without it.
-func (c *readCache) wait(ctx context.Context, rev int64) error {
-	deadline := time.NewTimer(cacheCatchUp)
+// the read lock, or an error, without it, when the copy is out of sync or
+// has not caught up within cacheCatchUp or by rc's deadline.
+func (c *readCache) wait(rc call, rev int64) error {
+	deadline := time.NewTimer(min(cacheCatchUp, time.Until(rc.deadline)))
 	defer deadline.Stop()
 	for {
 		c.mu.RLock()
@@ -340,8 +353,8 @@ func (c *readCache) wait(ctx context.Context, rev int64) error {
 		c.requestProgress()
 		select {
 		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
+		case <-rc.ctx.Done():
+			return rc.ctx.Err()
 		case <-deadline.C:
 			return errNotSynced
 		case <-time.After(50 * time.Millisecond):
@@ -373,8 +386,8 @@ func (c *readCache) requestProgress() {
 
 // read runs f on the copy once it has caught up with a barrier started
 // after the call, and reports false when it could not: the caller then
-// reads from etcd.
-func (c *readCache) read(ctx context.Context, f func(values map[string]cachedKV, rev int64)) bool {
+// reads from etcd within what is left of rc's deadline.
+func (c *readCache) read(rc call, f func(values map[string]cachedKV, rev int64)) bool {
 	c.mu.RLock()
 	synced := c.synced
 	c.mu.RUnlock()
@@ -382,8 +395,8 @@ func (c *readCache) read(ctx context.Context, f func(values map[string]cachedKV,
 		c.misses.Add(1)
 		return false
 	}
-	rev, err := c.barrier(ctx)
-	if err != nil || c.wait(ctx, rev) != nil {
+	rev, err := c.barrier(rc)
+	if err != nil || c.wait(rc, rev) != nil {
 		c.misses.Add(1)
 		return false
 	}

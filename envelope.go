@@ -21,6 +21,13 @@ import (
 // late, and a leader change gives every lease its full TTL again
 // (server/lease/lessor.go, Promote).
 //
+// A tombstone is the envelope of a deleted session: expiry 0 (the Unix
+// epoch) and no data, 12 bytes. A delete leaves it at the session's key,
+// on the session's lease, so that it lasts until the session's own expiry
+// at least and then goes with the lease; no commit writes over it (see
+// commit.go). Readers see a session that expired in 1970: absent, to this
+// release and to those before it.
+//
 // The magic begins with a NUL byte, which neither of SCS's codecs (gob,
 // JSON) ever writes first, so a value without it is raw codec bytes
 // written by github.com/alexedwards/scs/etcdstore and is read as is.
@@ -29,6 +36,14 @@ const (
 	envelopeVersion = 1
 	envelopeHeader  = len(envelopeMagic) + 1 + 8
 )
+
+// tombstone is the tombstone's envelope.
+const tombstone = envelopeMagic + "\x01" + "\x00\x00\x00\x00\x00\x00\x00\x00"
+
+// isTombstone reports whether a stored value is a tombstone.
+func isTombstone(value []byte) bool {
+	return string(value) == tombstone
+}
 
 // encodeEnvelope returns the envelope for data that expires at expiry, as
 // a string because that is what clientv3.OpPut takes: building it with a

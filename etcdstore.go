@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
-	"reflect"
-	"strings"
 	"sync"
 	"time"
 
@@ -268,15 +266,16 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, fou
 	if err := s.clientErr(); err != nil {
 		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
 	}
-	kv, present, rev, err := s.get(ctx, token)
+	c := s.newCall(ctx)
+	kv, present, rev, err := s.get(c, token)
 	if err != nil {
 		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
 	}
-	if !present {
+	if !present || isTombstone(kv.value) {
 		s.memory.sawGone(token, rev)
 		return nil, false, nil
 	}
-	data, expiry, live, err := s.liveValue(ctx, kv, s.now(), nil)
+	data, expiry, live, err := s.liveValue(c, kv, s.now(), nil)
 	if errors.Is(err, errCorrupt) {
 		return nil, false, err
 	}
@@ -284,10 +283,12 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, fou
 		return nil, false, fmt.Errorf("etcdstore: find: %w", err)
 	}
 	if !live {
-		s.memory.sawGone(token, rev)
+		// Stored, though expired: a request in flight that loaded it
+		// before may still commit it.
+		s.memory.saw(token, sighting{rev: kv.mod, stored: true, expiry: expiry})
 		return nil, false, nil
 	}
-	seen := sighting{rev: rev, live: true, expiry: expiry}
+	seen := sighting{rev: kv.mod, stored: true, expiry: expiry}
 	if s.touch > 0 {
 		seen.data, seen.hasData = string(data), true
 	}
@@ -300,17 +301,17 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, fou
 	return data, true, nil
 }
 
-// get reads what etcd holds for token, from the read cache when it can
-// serve the read (WithReadCache), and the revision it read at.
-func (s *EtcdStore) get(ctx context.Context, token string) (kv cachedKV, present bool, rev int64, err error) {
-	if s.cache != nil && s.cache.read(ctx, func(values map[string]cachedKV, r int64) {
+// get reads what etcd holds for token within c, from the read cache when
+// it can serve the read (WithReadCache), and the revision it read at.
+func (s *EtcdStore) get(c call, token string) (kv cachedKV, present bool, rev int64, err error) {
+	if s.cache != nil && s.cache.read(c, func(values map[string]cachedKV, r int64) {
 		kv, present = values[token]
 		rev = r
 	}) {
 		return kv, present, rev, nil
 	}
 	var resp *clientv3.GetResponse
-	err = s.retry(ctx, func(ctx context.Context) (err error) {
+	err = s.do(c, func(ctx context.Context) (err error) {
 		resp, err = s.client.Get(ctx, keyFor(s.prefix, token))
 		return err
 	})
@@ -320,7 +321,7 @@ func (s *EtcdStore) get(ctx context.Context, token string) (kv cachedKV, present
 	if len(resp.Kvs) == 0 {
 		return cachedKV{}, false, resp.Header.Revision, nil
 	}
-	return cachedKV{resp.Kvs[0].Value, resp.Kvs[0].Lease}, true, resp.Header.Revision, nil
+	return kvOf(resp.Kvs[0]), true, resp.Header.Revision, nil
 }
 
 // open decodes a stored value and reports whether it is live at now. A
@@ -341,10 +342,10 @@ func open(value []byte, now time.Time) (data []byte, expiry time.Time, live bool
 // at now: by the expiry in its envelope, or, for a legacy value, by its
 // lease (legacyLive, whose answers known, if not nil, caches). Its errors
 // are open's, and legacyLive's without a package prefix.
-func (s *EtcdStore) liveValue(ctx context.Context, kv cachedKV, now time.Time, known map[int64]bool) (data []byte, expiry time.Time, live bool, err error) {
+func (s *EtcdStore) liveValue(c call, kv cachedKV, now time.Time, known map[int64]bool) (data []byte, expiry time.Time, live bool, err error) {
 	data, expiry, live, err = open(kv.value, now)
 	if err == nil && live && expiry.IsZero() {
-		live, err = s.legacyLive(ctx, kv.lease, known)
+		live, err = s.legacyLive(c, kv.lease, known)
 	}
 	return data, expiry, live, err
 }
@@ -357,7 +358,7 @@ func (s *EtcdStore) liveValue(ctx context.Context, kv cachedKV, now time.Time, k
 // (server/etcdserver/v3_server.go, LeaseTimeToLive), so this may call a
 // session expired up to a second early, never late. known, if not nil,
 // holds the answers already had, by lease, and gets this one.
-func (s *EtcdStore) legacyLive(ctx context.Context, id int64, known map[int64]bool) (bool, error) {
+func (s *EtcdStore) legacyLive(c call, id int64, known map[int64]bool) (bool, error) {
 	if id == 0 {
 		return true, nil
 	}
@@ -365,7 +366,7 @@ func (s *EtcdStore) legacyLive(ctx context.Context, id int64, known map[int64]bo
 		return live, nil
 	}
 	var resp *clientv3.LeaseTimeToLiveResponse
-	err := s.retry(ctx, func(ctx context.Context) (err error) {
+	err := s.do(c, func(ctx context.Context) (err error) {
 		resp, err = s.client.TimeToLive(ctx, clientv3.LeaseID(id))
 		return err
 	})
@@ -381,202 +382,6 @@ func (s *EtcdStore) legacyLive(ctx context.Context, id int64, known map[int64]bo
 		known[id] = live
 	}
 	return live, nil
-}
-
-// Commit writes a session, as CommitCtx does with context.Background().
-func (s *EtcdStore) Commit(token string, b []byte, expiry time.Time) error {
-	return s.CommitCtx(context.Background(), token, b, expiry)
-}
-
-// CommitCtx writes the data b of session token, to expire at expiry,
-// replacing any earlier data and expiry. An expiry at or before now
-// deletes the session instead.
-//
-// A token the store has seen stored (Find or All found it, or this store
-// wrote it) is written only while its key still exists: if the session
-// was deleted since, by any store, CommitCtx writes nothing and returns
-// nil, so a request in flight cannot undo a logout; the user's next
-// request starts a new session. With WithTouchInterval, a commit that
-// changes nothing but pushes the expiry back by less than the interval
-// writes nothing either.
-//
-// It waits for etcd no longer than the store's timeout (WithTimeout),
-// trying again meanwhile after a leader change or a lost connection: the
-// same key, value and lease, so a commit that reached etcd twice wrote
-// the same session twice.
-//
-// It returns an error, and writes nothing,
-// when token is empty or longer than MaxTokenLen, when expiry is after
-// the year 2262, when etcd refuses the value for its size (wrapping
-// ErrValueTooLarge), or when etcd is out of space (wrapping
-// rpctypes.ErrNoSpace, with what to do in the message). It returns an
-// error wrapping context.DeadlineExceeded when the deadline passed
-// before etcd answered; the session may then have been written or not.
-// Other errors are those of the etcd requests.
-func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expiry time.Time) (err error) {
-	s.stats.commits.Add(1)
-	defer func() { s.stats.failed(err) }()
-	if token == "" {
-		return errors.New("etcdstore: commit: empty token")
-	}
-	if len(token) > MaxTokenLen {
-		return fmt.Errorf("etcdstore: commit: token of %d bytes is longer than MaxTokenLen (%d)", len(token), MaxTokenLen)
-	}
-	now := s.now()
-	if !expiry.After(now) {
-		return s.delete(ctx, token, "commit expired session")
-	}
-	if expiry.After(latestExpiry) {
-		return fmt.Errorf("etcdstore: commit: expiry %s is after the latest the store can keep, %s", expiry.UTC().Format(time.RFC3339), latestExpiry.UTC().Format(time.RFC3339))
-	}
-
-	if err := s.clientErr(); err != nil {
-		return fmt.Errorf("etcdstore: commit: %w", err)
-	}
-	key := keyFor(s.prefix, token)
-	seen, known := s.memory.get(token)
-	if known && s.touch > 0 && seen.live && seen.hasData &&
-		touchable(now, seen.expiry, expiry, s.touch) && s.unchanged(token, seen, b) {
-		s.stats.touchesSkipped.Add(1)
-		return nil
-	}
-	value := encodeEnvelope(expiry, b)
-	var principal string
-	var hasPrincipal bool
-	var sums [2]uint64
-	var index func(clientv3.LeaseID) []clientv3.Op
-	if s.principalKey != "" {
-		principal, hasPrincipal, sums = s.principalFor(seen, known, b)
-		index = func(id clientv3.LeaseID) []clientv3.Op {
-			return s.indexOps(token, seen, known, principal, hasPrincipal, id)
-		}
-	}
-	var rev int64
-	var written bool
-	err = s.retry(ctx, func(ctx context.Context) (err error) {
-		rev, written, err = s.write(ctx, now, expiry, key, value, known, index)
-		return err
-	})
-	if err != nil {
-		if tooLarge(err) {
-			return tooLargeError(err, len(key)+len(value))
-		}
-		return commitError(err)
-	}
-	if !written {
-		// Deleted since this store saw it stored: a logout elsewhere,
-		// which this request must not undo.
-		s.stats.refused.Add(1)
-		s.memory.sawGone(token, rev)
-		return nil
-	}
-	wrote := sighting{rev: rev, live: true, expiry: expiry}
-	if s.touch > 0 {
-		wrote.data, wrote.hasData = value[envelopeHeader:], true
-	}
-	if s.principalKey != "" {
-		wrote.indexed, wrote.indexKnown, wrote.sums = principal, true, sums
-	}
-	s.memory.saw(token, wrote)
-	return nil
-}
-
-// write puts value at key on a lease that outlives expiry (see put), with
-// the index operations that index, if not nil, gives for the lease, and
-// returns the revision of the write. A lease that etcd no longer knows is
-// forgotten, and the write tried once more on a fresh one.
-func (s *EtcdStore) write(ctx context.Context, now, expiry time.Time, key, value string, guarded bool, index func(clientv3.LeaseID) []clientv3.Op) (rev int64, written bool, err error) {
-	for attempt := 0; ; attempt++ {
-		id, err := s.leases.acquire(ctx, now, expiry)
-		if err != nil {
-			return 0, false, err
-		}
-		var extra []clientv3.Op
-		if index != nil {
-			extra = index(id)
-		}
-		rev, written, err = s.put(ctx, key, value, id, guarded, extra)
-		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-			s.leases.forget(id)
-			if attempt == 0 {
-				continue
-			}
-		}
-		return rev, written, err
-	}
-}
-
-// tooLargeError is the error of a commit of size bytes of key and value
-// that etcd refused for its size, naming the limit that refused it: the
-// client's own send limit, whose gRPC error says "trying to send"
-// (grpc-go rpc_util.go), or else the server's.
-func tooLargeError(err error, size int) error {
-	limit := "the server's --max-request-bytes (default 1.5 MiB)"
-	if !errors.Is(err, rpctypes.ErrRequestTooLarge) && strings.Contains(status.Convert(err).Message(), "trying to send") {
-		limit = "the client's send limit, clientv3.Config.MaxCallSendMsgSize (default 2 MiB)"
-	}
-	return fmt.Errorf("%w: commit of a %d-byte key and value refused by %s; raise it or keep less in the session: %w", ErrValueTooLarge, size, limit, err)
-}
-
-// commitError wraps an error of the etcd requests of a commit. etcd out
-// of space gets the way out in its message: etcd refuses every write once
-// its database file reaches --quota-backend-bytes, and keeps refusing
-// after space is freed until its NOSPACE alarm is disarmed (etcd docs,
-// "Maintenance": https://etcd.io/docs/v3.6/op-guide/maintenance/).
-func commitError(err error) error {
-	if errors.Is(err, rpctypes.ErrNoSpace) {
-		return fmt.Errorf("etcdstore: commit: etcd is out of space (its database reached --quota-backend-bytes and it raised the NOSPACE alarm); compact its history (etcdctl compact), defragment (etcdctl defrag), then run etcdctl alarm disarm, and turn on auto-compaction: %w", err)
-	}
-	return fmt.Errorf("etcdstore: commit: %w", err)
-}
-
-// put writes value at key on lease id, with the operations extra, and
-// returns the revision of the write. guarded, it writes only while the key
-// exists, in one Txn (one raft write, as a Put is), and reports written
-// false when it did not.
-func (s *EtcdStore) put(ctx context.Context, key, value string, id clientv3.LeaseID, guarded bool, extra []clientv3.Op) (rev int64, written bool, err error) {
-	put := clientv3.OpPut(key, value, clientv3.WithLease(id))
-	txn := s.client.Txn(ctx)
-	switch {
-	case !guarded && len(extra) == 0:
-		resp, err := s.client.Put(ctx, key, value, clientv3.WithLease(id))
-		if err != nil {
-			return 0, false, err
-		}
-		return resp.Header.Revision, true, nil
-	case guarded:
-		txn = txn.If(clientv3.Compare(clientv3.Version(key), ">", 0))
-	}
-	if len(extra) == 0 {
-		txn = txn.Then(put)
-	} else {
-		txn = txn.Then(append([]clientv3.Op{put}, extra...)...)
-	}
-	resp, err := txn.Commit()
-	if err != nil {
-		return 0, false, err
-	}
-	return resp.Header.Revision, resp.Succeeded, nil
-}
-
-// unchanged reports whether b holds the session seen: the same bytes as
-// its data or their known alternative, or the same deadline and values as
-// the codec decodes them, in which case b becomes the alternative. Data
-// the codec cannot decode counts as changed.
-func (s *EtcdStore) unchanged(token string, seen sighting, b []byte) bool {
-	if string(b) == seen.data || (seen.alt != "" && string(b) == seen.alt) {
-		return true
-	}
-	deadline, values, err := s.codec.Decode(b)
-	if err != nil {
-		return false
-	}
-	storedDeadline, storedValues, err := s.codec.Decode([]byte(seen.data))
-	if err != nil || !deadline.Equal(storedDeadline) || !reflect.DeepEqual(values, storedValues) {
-		return false
-	}
-	s.memory.sawAlt(token, seen.rev, string(b))
-	return true
 }
 
 // clientErr returns an error once the client is closed. Without it, each
@@ -608,12 +413,14 @@ func (s *EtcdStore) Delete(token string) error {
 	return s.DeleteCtx(context.Background(), token)
 }
 
-// DeleteCtx removes the session token. A commit of it by a request in
-// flight that loaded it before, on any store, does not write it again
-// (within the bounds given under Remembered tokens in the package
-// documentation). Removing a session that does not exist, or a token no
-// session can have (empty, or longer than MaxTokenLen, for which no
-// request is made), returns nil. Errors are those of the etcd request.
+// DeleteCtx removes the session token: it leaves a tombstone at its key,
+// on the session's lease, which no commit writes over, so neither a
+// request in flight that loaded the session before, on any store, nor a
+// late attempt of an earlier commit brings it back (see Conditional
+// writes in the package documentation). Removing a session that does not
+// exist, or a token no session can have (empty, or longer than
+// MaxTokenLen, for which no request is made), returns nil. Errors are
+// those of the etcd request.
 func (s *EtcdStore) DeleteCtx(ctx context.Context, token string) error {
 	if !validToken(token) {
 		return nil
@@ -622,28 +429,35 @@ func (s *EtcdStore) DeleteCtx(ctx context.Context, token string) error {
 	return s.stats.failed(s.delete(ctx, token, "delete"))
 }
 
+// delete deletes the session token for the method op: one Txn that puts a
+// tombstone at its key, on the lease the key has (WithIgnoreLease), or
+// deletes a key without a lease, which a tombstone would outlive. The
+// index entry of the session's principal goes with it, when the store
+// knows the principal. While etcd is out of space, which refuses every
+// put, it deletes the key instead.
 func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
 	if err := s.clientErr(); err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
 	key := keyFor(s.prefix, token)
-	// The index entry of the session's principal goes with it, when the
-	// store knows the principal.
-	var entry string
-	if seen, ok := s.memory.get(token); ok && seen.live && seen.indexKnown && seen.indexed != "" {
-		entry = s.indexKey(seen.indexed, token)
+	then := []clientv3.Op{clientv3.OpPut(key, tombstone, clientv3.WithIgnoreLease())}
+	otherwise := []clientv3.Op{clientv3.OpDelete(key)}
+	if seen, ok := s.memory.get(token); ok && seen.stored && seen.indexKnown && seen.indexed != "" {
+		entry := clientv3.OpDelete(s.indexKey(seen.indexed, token))
+		then, otherwise = append(then, entry), append(otherwise, entry)
 	}
 	var rev int64
 	err := s.retry(ctx, func(ctx context.Context) error {
-		if entry == "" {
-			resp, err := s.client.Delete(ctx, key)
-			if err != nil {
-				return err
-			}
-			rev = resp.Header.Revision
-			return nil
+		resp, err := s.client.Txn(ctx).
+			If(clientv3.Compare(clientv3.LeaseValue(key), ">", 0)).
+			Then(then...).
+			Else(otherwise...).
+			Commit()
+		if errors.Is(err, rpctypes.ErrNoSpace) {
+			// etcd out of space refuses the tombstone's put, but not a
+			// delete, which frees space; no commit lands meanwhile.
+			resp, err = s.client.Txn(ctx).Then(otherwise...).Commit()
 		}
-		resp, err := s.client.Txn(ctx).Then(clientv3.OpDelete(key), clientv3.OpDelete(entry)).Commit()
 		if err != nil {
 			return err
 		}
@@ -697,20 +511,19 @@ func (s *EtcdStore) allCached(ctx context.Context) (map[string][]byte, bool, err
 		kv    cachedKV
 	}
 	var entries []entry
-	var rev int64
+	c := s.newCall(ctx)
 	// Copied out under the cache's read lock, decoded after it.
-	if !s.cache.read(ctx, func(values map[string]cachedKV, r int64) {
+	if !s.cache.read(c, func(values map[string]cachedKV, _ int64) {
 		entries = make([]entry, 0, len(values))
 		for token, kv := range values {
 			entries = append(entries, entry{token, kv})
 		}
-		rev = r
 	}) {
 		return nil, false, nil
 	}
-	snap := s.newSnapshot(rev, len(entries))
+	snap := s.newSnapshot(len(entries))
 	for _, e := range entries {
-		if err := snap.add(ctx, e.token, e.kv); err != nil {
+		if err := snap.add(c, e.token, e.kv); err != nil {
 			return nil, true, err
 		}
 	}
@@ -724,20 +537,20 @@ func (s *EtcdStore) allCached(ctx context.Context) (map[string][]byte, bool, err
 type snapshot struct {
 	s        *EtcdStore
 	now      time.Time // one instant for the whole snapshot
-	rev      int64
 	sessions map[string][]byte
 	legacy   map[int64]bool // whether each lease of legacy values is live
 	tokens   []string       // the sessions added since the last remember
 	seen     []sighting     // and their sightings
 }
 
-func (s *EtcdStore) newSnapshot(rev int64, size int) *snapshot {
-	return &snapshot{s: s, now: s.now(), rev: rev, sessions: make(map[string][]byte, size), legacy: make(map[int64]bool)}
+func (s *EtcdStore) newSnapshot(size int) *snapshot {
+	return &snapshot{s: s, now: s.now(), sessions: make(map[string][]byte, size), legacy: make(map[int64]bool)}
 }
 
-// add adds the session token, stored as kv, if it is live.
-func (a *snapshot) add(ctx context.Context, token string, kv cachedKV) error {
-	data, expiry, live, err := a.s.liveValue(ctx, kv, a.now, a.legacy)
+// add adds the session token, stored as kv, if it is live, asking etcd
+// within c of a legacy one.
+func (a *snapshot) add(c call, token string, kv cachedKV) error {
+	data, expiry, live, err := a.s.liveValue(c, kv, a.now, a.legacy)
 	if errors.Is(err, errCorrupt) {
 		return fmt.Errorf("%w (key %q)", err, keyFor(a.s.prefix, token))
 	}
@@ -747,7 +560,7 @@ func (a *snapshot) add(ctx context.Context, token string, kv cachedKV) error {
 	if live {
 		a.sessions[token] = data
 		a.tokens = append(a.tokens, token)
-		a.seen = append(a.seen, sighting{rev: a.rev, live: true, expiry: expiry})
+		a.seen = append(a.seen, sighting{rev: kv.mod, stored: true, expiry: expiry})
 	}
 	return nil
 }
@@ -764,20 +577,20 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 	if err := s.clientErr(); err != nil {
 		return nil, fmt.Errorf("etcdstore: all: %w", err)
 	}
-	snap := s.newSnapshot(0, 0)
+	snap := s.newSnapshot(0)
 	var rev int64 // 0 for the first page: the current revision
 	from := s.prefix
 	for {
-		resp, err := s.page(ctx, from, rev)
+		c := s.newCall(ctx) // a deadline per page
+		resp, err := s.page(c, from, rev)
 		if err != nil {
 			return nil, fmt.Errorf("etcdstore: all: read from revision %d: %w", rev, err)
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
-			snap.rev = rev
 		}
 		for _, kv := range resp.Kvs {
-			if err := snap.add(ctx, tokenFor(s.prefix, kv.Key), cachedKV{kv.Value, kv.Lease}); err != nil {
+			if err := snap.add(c, tokenFor(s.prefix, kv.Key), kvOf(kv)); err != nil {
 				return nil, err
 			}
 		}
@@ -793,10 +606,9 @@ func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
 }
 
 // page reads up to a page of sessions from key from to the end of the
-// prefix at revision rev (0: the current one), within the store's
-// timeout.
-func (s *EtcdStore) page(ctx context.Context, from string, rev int64) (resp *clientv3.GetResponse, err error) {
-	err = s.retry(ctx, func(ctx context.Context) (err error) {
+// prefix at revision rev (0: the current one), within c.
+func (s *EtcdStore) page(c call, from string, rev int64) (resp *clientv3.GetResponse, err error) {
+	err = s.do(c, func(ctx context.Context) (err error) {
 		resp, err = s.client.Get(ctx, from,
 			clientv3.WithRange(s.end),
 			clientv3.WithLimit(s.pageSize),

@@ -68,6 +68,17 @@ func rawValue(t *testing.T, c *clientv3.Client, s *EtcdStore, token string) *raw
 	return &rawKV{value: kv.Value, lease: clientv3.LeaseID(kv.Lease)}
 }
 
+// rawSession returns what rawValue does, and nil for a tombstone: a
+// session deleted.
+func rawSession(t *testing.T, c *clientv3.Client, s *EtcdStore, token string) *rawKV {
+	t.Helper()
+	kv := rawValue(t, c, s, token)
+	if kv != nil && isTombstone(kv.value) {
+		return nil
+	}
+	return kv
+}
+
 type rawKV struct {
 	value []byte
 	lease clientv3.LeaseID
@@ -112,14 +123,16 @@ func TestCommitFindDelete(t *testing.T) {
 		t.Fatalf("after overwrite Find = %q, want again", b)
 	}
 
+	// Delete leaves a tombstone on the session's lease.
+	lease := rawValue(t, c, s, "tok").lease
 	if err := s.Delete("tok"); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
 	if b, found, err := s.Find("tok"); err != nil || found || b != nil {
 		t.Fatalf("after Delete Find = %q, %v, %v; want nil, false, nil", b, found, err)
 	}
-	if kv := rawValue(t, c, s, "tok"); kv != nil {
-		t.Fatalf("after Delete the key holds %q", kv.value)
+	if kv := rawValue(t, c, s, "tok"); kv == nil || !isTombstone(kv.value) || kv.lease != lease {
+		t.Fatalf("after Delete the key holds %+v, want a tombstone on the session's lease %x", kv, lease)
 	}
 	if err := s.Delete("tok"); err != nil {
 		t.Fatalf("Delete of a missing token = %v, want nil", err)
@@ -209,8 +222,8 @@ func TestCommitPastExpiryDeletes(t *testing.T) {
 		if err := s.Commit("tok", []byte("x"), expiry); err != nil {
 			t.Fatalf("Commit with expiry %v: %v, want nil", expiry, err)
 		}
-		if kv := rawValue(t, c, s, "tok"); kv != nil {
-			t.Fatalf("Commit with expiry %v left the key", expiry)
+		if kv := rawSession(t, c, s, "tok"); kv != nil {
+			t.Fatalf("Commit with expiry %v left the session", expiry)
 		}
 	}
 }

@@ -19,36 +19,40 @@ import (
 
 // Linearizability: each session behaves as one register, read and written
 // atomically, even while the etcd leader is lost. Several stores, each
-// with its own client, run Commit, Delete and Find on a few tokens; the
-// history is checked against a register per token with porcupine.
+// with its own client, run Commit, Delete and Find on a few tokens at a
+// time; the history is checked against a register per token with
+// porcupine.
 //
-// A commit of a token its store has seen stored is guarded: it writes
-// only while the session exists, so that it cannot bring back a deleted
-// one (memory.go). The model knows which commits were guarded.
+// A deleted session stays deleted: the delete leaves a tombstone that no
+// commit writes over (commit.go), so the register has three states: never
+// written, a value, and deleted. A delete of a session never written
+// leaves nothing.
 
 // regOp is what an operation on a session register did.
 type regOp byte
 
 const (
-	regCommit regOp = 'c' // writes the value
-	regDelete regOp = 'd' // writes absent
+	regCommit regOp = 'c' // writes the value, unless deleted
+	regDelete regOp = 'd' // deletes
 	regFind   regOp = 'f' // reads
 )
 
 // regInput is an operation's call: its kind, the token, and for a commit
-// the value written (unique in the history) and whether the commit was
-// guarded.
+// the value written (unique in the history).
 type regInput struct {
-	op      regOp
-	token   string
-	value   string
-	guarded bool
+	op    regOp
+	token string
+	value string
 }
 
 // regOutput is a find's result: the value read, "" when not found.
 type regOutput struct {
 	value string
 }
+
+// regDeleted is the register's state once deleted; values written are
+// never empty and never this.
+const regDeleted = "\x00deleted"
 
 // unknownReturn is the return time of a write whose outcome is unknown (it
 // returned an error or timed out): it may take effect at any time after
@@ -60,7 +64,7 @@ const unknownReturn = math.MaxInt64
 // on three tokens take milliseconds; a result of Unknown (timed out) fails.
 const linCheckTimeout = 30 * time.Second
 
-// registerModel is a register per token, absent ("") at first.
+// registerModel is a register per token, never written ("") at first.
 var registerModel = porcupine.Model{
 	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
 		byToken := make(map[string][]porcupine.Operation)
@@ -81,26 +85,29 @@ var registerModel = porcupine.Model{
 	},
 	Init: func() any { return "" },
 	Step: func(state, input, output any) (bool, any) {
-		in := input.(regInput)
+		in, st := input.(regInput), state.(string)
 		switch in.op {
 		case regCommit:
-			if in.guarded && state.(string) == "" {
-				return true, state
+			if st == regDeleted {
+				return true, st
 			}
 			return true, in.value
 		case regDelete:
-			return true, ""
+			if st == "" {
+				return true, st
+			}
+			return true, regDeleted
 		default:
-			return output.(regOutput).value == state.(string), state
+			if st == regDeleted {
+				st = ""
+			}
+			return output.(regOutput).value == st, state
 		}
 	},
 	DescribeOperation: func(input, output any) string {
 		in := input.(regInput)
 		switch in.op {
 		case regCommit:
-			if in.guarded {
-				return fmt.Sprintf("guarded commit(%s, %q)", in.token, in.value)
-			}
 			return fmt.Sprintf("commit(%s, %q)", in.token, in.value)
 		case regDelete:
 			return fmt.Sprintf("delete(%s)", in.token)
@@ -154,10 +161,12 @@ func checkLinearizable(t *testing.T, ops []porcupine.Operation) {
 	t.Fatalf("history of %d operations: %s, want %s (visualised in %s, kept with go test -artifacts)", len(ops), res, porcupine.Ok, path)
 }
 
-// TestLinearizableUnderLeaderLoss runs Commit, Delete and Find on three
-// tokens from four stores, each with its own client given every member,
-// two of them with the read cache, crashes the leader in the middle, and
-// checks the history.
+// TestLinearizableUnderLeaderLoss runs Commit, Delete and Find from four
+// stores, each with its own client given every member, two of them with
+// the read cache, crashes the leader in the middle, and checks the
+// history. The operations go to three tokens at a time, moving on to
+// fresh ones every linTokenOps operations, since a deleted session takes
+// no more writes.
 func TestLinearizableUnderLeaderLoss(t *testing.T) {
 	t.Parallel()
 	const (
@@ -168,7 +177,7 @@ func TestLinearizableUnderLeaderLoss(t *testing.T) {
 		afterKill   = 150 // and after it
 		runDeadline = 30 * time.Second
 	)
-	tokens := []string{"t0", "t1", "t2"}
+	const linTokenOps = 60
 	c := etcdtest.StartCluster(t, 3)
 	h := &regHistory{start: time.Now()}
 	var (
@@ -195,7 +204,7 @@ func TestLinearizableUnderLeaderLoss(t *testing.T) {
 					return
 				default:
 				}
-				in := regInput{token: tokens[rng.IntN(len(tokens))]}
+				in := regInput{token: fmt.Sprint("t", done.Load()/linTokenOps+int64(rng.IntN(3)))}
 				var out regOutput
 				ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 				call := h.now()
@@ -203,9 +212,6 @@ func TestLinearizableUnderLeaderLoss(t *testing.T) {
 				switch p := rng.IntN(100); {
 				case p < 40:
 					in.op, in.value = regCommit, fmt.Sprintf("c%d-%d", id, n)
-					// This goroutine alone uses s, so what s remembers
-					// now is what the commit sees.
-					_, in.guarded = s.memory.get(in.token)
 					err = s.CommitCtx(ctx, in.token, []byte(in.value), faultExpiry())
 				case p < 55:
 					in.op = regDelete
@@ -266,9 +272,6 @@ func TestRegisterModel(t *testing.T) {
 	commit := func(v string, call, ret int64) porcupine.Operation {
 		return porcupine.Operation{Input: regInput{op: regCommit, token: "t", value: v}, Call: call, Return: ret}
 	}
-	guarded := func(v string, call, ret int64) porcupine.Operation {
-		return porcupine.Operation{Input: regInput{op: regCommit, token: "t", value: v, guarded: true}, Call: call, Return: ret}
-	}
 	del := func(call, ret int64) porcupine.Operation {
 		return porcupine.Operation{Input: regInput{op: regDelete, token: "t"}, Call: call, Return: ret}
 	}
@@ -290,11 +293,14 @@ func TestRegisterModel(t *testing.T) {
 		{"unknown write takes effect late", []porcupine.Operation{commit("x", 0, unknownReturn), find("", 10, 20), find("x", 30, 40)}, porcupine.Ok},
 		{"unknown write never takes effect", []porcupine.Operation{commit("x", 0, unknownReturn), find("", 10, 20), find("", 30, 40)}, porcupine.Ok},
 		{"unknown write undone", []porcupine.Operation{commit("x", 0, unknownReturn), find("x", 10, 20), find("", 30, 40)}, porcupine.Illegal},
-		{"guarded commit of a live session", []porcupine.Operation{commit("a", 0, 10), guarded("b", 20, 30), find("b", 40, 50)}, porcupine.Ok},
-		{"guarded commit after delete", []porcupine.Operation{commit("a", 0, 10), del(20, 30), guarded("b", 40, 50), find("", 60, 70)}, porcupine.Ok},
-		{"guarded commit brings a session back", []porcupine.Operation{commit("a", 0, 10), del(20, 30), guarded("b", 40, 50), find("b", 60, 70)}, porcupine.Illegal},
-		{"guarded commit concurrent with delete", []porcupine.Operation{commit("a", 0, 10), del(20, 40), guarded("b", 30, 50), find("", 60, 70)}, porcupine.Ok},
-		{"guarded commit outlives a concurrent delete", []porcupine.Operation{commit("a", 0, 10), del(20, 40), guarded("b", 30, 50), find("b", 60, 70)}, porcupine.Illegal},
+		{"commit after delete", []porcupine.Operation{commit("a", 0, 10), del(20, 30), commit("b", 40, 50), find("", 60, 70)}, porcupine.Ok},
+		{"commit brings a session back", []porcupine.Operation{commit("a", 0, 10), del(20, 30), commit("b", 40, 50), find("b", 60, 70)}, porcupine.Illegal},
+		{"commit concurrent with delete, refused", []porcupine.Operation{commit("a", 0, 10), del(20, 40), commit("b", 30, 50), find("", 60, 70)}, porcupine.Ok},
+		{"commit concurrent with delete, first", []porcupine.Operation{commit("a", 0, 10), del(20, 40), commit("b", 30, 50), find("b", 35, 38), find("", 60, 70)}, porcupine.Ok},
+		{"commit outlives a concurrent delete", []porcupine.Operation{commit("a", 0, 10), del(20, 40), commit("b", 30, 50), find("b", 60, 70)}, porcupine.Illegal},
+		{"late write after a delete", []porcupine.Operation{commit("a", 0, unknownReturn), find("a", 10, 20), del(30, 40), find("a", 50, 60)}, porcupine.Illegal},
+		{"late write after a newer write", []porcupine.Operation{commit("a", 0, 10), commit("b", 20, unknownReturn), find("b", 30, 40), commit("c", 50, 60), find("b", 70, 80)}, porcupine.Illegal},
+		{"delete of a session never written leaves nothing", []porcupine.Operation{del(0, 10), commit("a", 20, 30), find("a", 40, 50)}, porcupine.Ok},
 		{"unknown write seen before its call", []porcupine.Operation{find("x", 0, 10), commit("x", 20, unknownReturn)}, porcupine.Illegal},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,14 +11,16 @@ import (
 // SCS tells a store at Commit nothing of what the request's Find saw, and
 // a store that knows nothing must write blindly. So the store remembers, per
 // process, what it last saw of each token in etcd: whether the session
-// was stored, at which revision, its expiry and, with WithTouchInterval,
-// its data. Two things follow.
+// was stored, its key's mod revision, its expiry and, with
+// WithTouchInterval, its data. Two things follow.
 //
-// No resurrection: a Commit of a remembered token writes only while the
-// key still exists (a Txn that compares its version with 0), so a session
-// deleted by any store while a request that loaded it was in flight stays
-// deleted. A token the store does not remember (a new session, a renewed
-// token, or one forgotten past the bound) is written with a plain Put.
+// Conditional writes: a Commit of a remembered token writes only while
+// the key's mod revision is the one seen (commit.go), so neither a late
+// attempt nor a request in flight writes over a delete or a newer commit,
+// and one seen deleted is not written at all. A token the store does not
+// remember (a new session, a renewed token, one forgotten past the bound)
+// is written only while its key is absent, and, when it is not, again on
+// the revision it holds, unless that is a tombstone.
 //
 // Touch coalescing: a Commit whose data is what the store last saw stored
 // and whose expiry is less than the touch interval later than the stored
@@ -37,8 +39,12 @@ const defaultRememberedTokens = 100_000
 
 // sighting is what the store last saw of a token in etcd.
 type sighting struct {
-	rev    int64     // the etcd revision it was seen at
-	live   bool      // the session was stored; false once seen deleted
+	// rev is, for a stored session, its key's mod revision, which a
+	// commit compares; otherwise the revision it was seen gone at.
+	rev int64
+	// stored is whether the key held a session, live or expired; false
+	// once seen deleted (a tombstone, or no key).
+	stored bool
 	expiry time.Time // the stored expiry; zero if unknown or legacy
 	// data is the stored data, kept with WithTouchInterval only; hasData
 	// tells an empty session from an unknown one.

@@ -41,7 +41,7 @@ func TestMemoryOrdersByRevision(t *testing.T) {
 	m := newMemory(10)
 	expiry := time.Now().Add(time.Hour)
 	at := func(rev int64, data string) sighting {
-		return sighting{rev: rev, live: true, expiry: expiry, data: data, hasData: true}
+		return sighting{rev: rev, stored: true, expiry: expiry, data: data, hasData: true}
 	}
 	m.saw("tok", at(5, "five"))
 	m.saw("tok", at(3, "three")) // a slow Find that read before
@@ -49,20 +49,20 @@ func TestMemoryOrdersByRevision(t *testing.T) {
 		t.Fatalf("after an older sighting: data %q, want the later %q", got.data, "five")
 	}
 	m.sawGone("tok", 4)
-	if got, _ := m.get("tok"); !got.live {
+	if got, _ := m.get("tok"); !got.stored {
 		t.Fatal("an older delete made the session gone")
 	}
-	m.saw("tok", sighting{rev: 5, live: true, expiry: expiry}) // All: no data
+	m.saw("tok", sighting{rev: 5, stored: true, expiry: expiry}) // All: no data
 	if got, _ := m.get("tok"); !got.hasData || got.data != "five" {
 		t.Fatalf("a sighting of the same revision without data dropped it: %+v", got)
 	}
 	m.sawGone("tok", 6)
 	got, ok := m.get("tok")
-	if !ok || got.live || got.hasData || got.rev != 6 {
+	if !ok || got.stored || got.hasData || got.rev != 6 {
 		t.Fatalf("after a delete: %+v, %v; want remembered, not live, no data, rev 6", got, ok)
 	}
 	m.saw("tok", at(7, "seven"))
-	if got, _ := m.get("tok"); !got.live || got.data != "seven" {
+	if got, _ := m.get("tok"); !got.stored || got.data != "seven" {
 		t.Fatalf("after a later write: %+v", got)
 	}
 }
@@ -78,7 +78,7 @@ func TestMemorySawGoneAddsNothing(t *testing.T) {
 func TestMemoryKeepsAlt(t *testing.T) {
 	m := newMemory(10)
 	at := func(rev int64, data string) sighting {
-		return sighting{rev: rev, live: true, data: data, hasData: true}
+		return sighting{rev: rev, stored: true, data: data, hasData: true}
 	}
 	m.saw("tok", at(1, "ab"))
 	m.sawAlt("tok", 1, "ba")
@@ -104,7 +104,7 @@ func TestMemoryBound(t *testing.T) {
 	const max = 3
 	m := newMemory(max)
 	for i := range 5 {
-		m.saw(fmt.Sprint("tok", i), sighting{rev: int64(i + 1), live: true})
+		m.saw(fmt.Sprint("tok", i), sighting{rev: int64(i + 1), stored: true})
 		if i == 2 {
 			m.get("tok0") // used again: now the most recent
 		}

@@ -105,11 +105,11 @@ func (s *EtcdStore) principalOf(data []byte) (string, bool) {
 // two orders.
 func (s *EtcdStore) principalFor(last sighting, known bool, data []byte) (string, bool, [2]uint64) {
 	sum := maphash.Bytes(s.seed, data)
-	if known && last.live && last.indexKnown && (last.sums[0] == sum || last.sums[1] == sum) {
+	if known && last.stored && last.indexKnown && (last.sums[0] == sum || last.sums[1] == sum) {
 		return last.indexed, last.indexed != "", last.sums
 	}
 	p, has := s.principalOf(data)
-	if known && last.live && last.indexKnown && last.indexed == p {
+	if known && last.stored && last.indexKnown && last.indexed == p {
 		return p, has, [2]uint64{sum, last.sums[0]}
 	}
 	return p, has, [2]uint64{sum}
@@ -135,7 +135,7 @@ func (s *EtcdStore) indexOps(token string, seen sighting, known bool, p string, 
 	if has {
 		ops = append(ops, clientv3.OpPut(s.indexKey(p, token), "", clientv3.WithLease(id)))
 	}
-	if known && seen.live && seen.indexKnown && seen.indexed != "" && (!has || seen.indexed != p) {
+	if known && seen.stored && seen.indexKnown && seen.indexed != "" && (!has || seen.indexed != p) {
 		ops = append(ops, clientv3.OpDelete(s.indexKey(seen.indexed, token)))
 	}
 	return ops
@@ -258,9 +258,16 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 				// Deleted unless its entry was deleted since: a change
 				// of principal takes the entry, while the commits of
 				// requests in flight, which rewrite the session and its
-				// entry, leave the entry's creation as it was.
+				// entry, leave the entry's creation as it was. The
+				// session leaves a tombstone on its lease, as Delete's.
 				batch = append(batch, clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.created))
-				ops = append(ops, clientv3.OpDelete(string(kv.Key)), clientv3.OpDelete(e.key))
+				if kv.Lease != 0 {
+					batch = append(batch, clientv3.Compare(clientv3.LeaseValue(string(kv.Key)), ">", 0))
+					ops = append(ops, clientv3.OpPut(string(kv.Key), tombstone, clientv3.WithIgnoreLease()))
+				} else {
+					ops = append(ops, clientv3.OpDelete(string(kv.Key)))
+				}
+				ops = append(ops, clientv3.OpDelete(e.key))
 				tokens = append(tokens, e.token)
 			} else {
 				// Stale: remove it unless it was written again since.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -57,48 +58,74 @@ func WithTimeout(d time.Duration) Option {
 	return func(o *options) { o.timeout = d }
 }
 
-// retry calls attempt until it succeeds, fails in a way no retry can
-// fix, or the call's deadline passes: the store's timeout from now, or
-// ctx's deadline if sooner. Each attempt's context ends at the deadline,
-// or, while more than two shares of the call's time remain, after one
-// share. A call that ends at its deadline, or by ctx's end, returns an
-// error that wraps both the reason and the last attempt's error.
-func (s *EtcdStore) retry(ctx context.Context, attempt func(ctx context.Context) error) error {
+// call is one call of the store: the context it was made with, carrying
+// clientv3.WithRequireLeader, and the deadline that every request it makes
+// shares (see Deadlines and retries in doc.go).
+type call struct {
+	ctx      context.Context
+	deadline time.Time
+	share    time.Duration // the most one attempt gets while time remains
+}
+
+// newCall starts a call made with ctx: its deadline is the store's timeout
+// from now, or ctx's deadline if sooner. Every request of the call asks
+// for a leader (clientv3.WithRequireLeader): a member cut off from the
+// others answers at once that it has none, rather than holding the
+// request, and the next attempt goes to another member.
+func (s *EtcdStore) newCall(ctx context.Context) call {
 	start := time.Now()
 	deadline := start.Add(s.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	share := deadline.Sub(start) / attemptShare
+	return call{ctx: clientv3.WithRequireLeader(ctx), deadline: deadline, share: deadline.Sub(start) / attemptShare}
+}
+
+// retry runs attempt within a call of its own: see do.
+func (s *EtcdStore) retry(ctx context.Context, attempt func(ctx context.Context) error) error {
+	return s.do(s.newCall(ctx), attempt)
+}
+
+// do calls attempt until it succeeds, fails in a way no retry can fix, or
+// c's deadline passes. Each attempt's context ends at the deadline, or,
+// while more than two shares of the call's time remain, after one share.
+// An attempt that ends at the deadline, or by the end of c's context,
+// returns an error that wraps both the reason and the last attempt's
+// error; a deadline passed before the first attempt returns
+// context.DeadlineExceeded.
+func (s *EtcdStore) do(c call, attempt func(ctx context.Context) error) error {
+	if !time.Now().Before(c.deadline) {
+		return callError(c.ctx, context.DeadlineExceeded, 1)
+	}
 	backoff := firstBackoff
 	for n := 1; ; n++ {
-		end := time.Now().Add(share)
-		if deadline.Sub(end) < share {
-			end = deadline
+		end := time.Now().Add(c.share)
+		if c.deadline.Sub(end) < c.share {
+			end = c.deadline
 		}
-		actx, cancel := context.WithDeadline(ctx, end)
+		actx, cancel := context.WithDeadline(c.ctx, end)
 		err := attempt(actx)
 		cancel()
 		if err == nil {
 			return nil
 		}
-		if ctx.Err() != nil || !time.Now().Before(deadline) {
-			return callError(ctx, err, n)
+		if c.ctx.Err() != nil || !time.Now().Before(c.deadline) {
+			return callError(c.ctx, err, n)
 		}
 		if !retryable(err) {
 			return err
 		}
 		// Jitter: calls that failed together do not come back together.
-		wait := min(backoff/2+rand.N(backoff/2+1), time.Until(deadline))
+		wait := min(backoff/2+rand.N(backoff/2+1), time.Until(c.deadline))
 		t := time.NewTimer(wait)
 		select {
-		case <-ctx.Done():
+		case <-c.ctx.Done():
 			t.Stop()
-			return callError(ctx, err, n)
+			return callError(c.ctx, err, n)
 		case <-t.C:
 		}
-		if !time.Now().Before(deadline) {
-			return callError(ctx, err, n)
+		if !time.Now().Before(c.deadline) {
+			return callError(c.ctx, err, n)
 		}
 		backoff = min(2*backoff, maxBackoff)
 		s.stats.retries.Add(1)

@@ -38,15 +38,19 @@ func newAppServer(t *testing.T, store scs.Store) *appServer {
 	return &appServer{sm: sm, url: srv.URL}
 }
 
+// sessionKeys returns the tokens of the sessions etcd holds under prefix,
+// read directly: every key but the tombstones of deleted sessions.
 func sessionKeys(t *testing.T, c *clientv3.Client, prefix string) []string {
 	t.Helper()
-	resp, err := c.Get(etcdtest.Context(t, 30*time.Second), prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := c.Get(etcdtest.Context(t, 30*time.Second), prefix, clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
 	var keys []string
 	for _, kv := range resp.Kvs {
-		keys = append(keys, strings.TrimPrefix(string(kv.Key), prefix))
+		if !etcdstore.IsTombstone(kv.Value) {
+			keys = append(keys, strings.TrimPrefix(string(kv.Key), prefix))
+		}
 	}
 	return keys
 }

@@ -26,6 +26,12 @@ type Stats struct {
 	// flight that a logout or a delete elsewhere overtook.
 	ResurrectionsRefused int64
 
+	// CommitConflicts counts the times a commit found its session
+	// changed since the store saw it (another request's commit of it
+	// came first, or the store did not remember the token) and was made
+	// again on the new revision: one more round trip each.
+	CommitConflicts int64
+
 	LeaseGrants int64 // leases granted
 	// Leases is how many granted leases the store may still attach
 	// sessions to: one per bucket of expiries in use.
@@ -63,6 +69,7 @@ type ErrorStats struct {
 type stats struct {
 	finds, commits, deletes, alls atomic.Int64
 	touchesSkipped, refused       atomic.Int64
+	conflicts                     atomic.Int64
 	retries                       atomic.Int64
 
 	noSpace, tooLarge, auth, corrupt, canceled, timeout, other atomic.Int64
@@ -109,6 +116,7 @@ func (s *EtcdStore) Stats() Stats {
 		Alls:                 c.alls.Load(),
 		TouchesSkipped:       c.touchesSkipped.Load(),
 		ResurrectionsRefused: c.refused.Load(),
+		CommitConflicts:      c.conflicts.Load(),
 		LeaseGrants:          s.leases.granted.Load(),
 		Leases:               s.leases.len(s.now()),
 		RememberedTokens:     s.memory.len(),

@@ -1,0 +1,381 @@
+package etcdstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/status"
+)
+
+// Conditional writes: no attempt lands late.
+//
+// An attempt that timed out or lost its connection may still reach etcd
+// later, held in a stalled TCP connection or queued as a proposal that a
+// follower forwarded to its old leader, after the store's retry was
+// acknowledged and after other app servers' writes. So every commit is a
+// Txn conditional on the state it was made against, as Kubernetes makes
+// every update of its objects (GuaranteedUpdate): the key's mod revision
+// when the store last saw it (the request's own Find, in SCS), or 0, its
+// absence, for a token the store does not remember. An attempt that
+// arrives after anything else wrote the key finds the revision moved and
+// writes nothing.
+//
+// A delete leaves a tombstone (envelope.go) on the session's own lease,
+// not an absence that a late first write of the session could fill again:
+// no commit writes over a tombstone, whatever the store remembers. It goes
+// with the lease, no earlier than the session's own expiry.
+//
+// When the compare fails, the Txn's Else branch returns what the key holds
+// now, in the same round trip, and the commit decides (afterConflict):
+//   - a tombstone, or nothing: the session was deleted since; the commit
+//     writes nothing and returns nil, so a request in flight cannot undo a
+//     logout;
+//   - this commit's own value: an earlier attempt landed after all;
+//   - another value, after an attempt of this commit failed in a way that
+//     leaves its fate unknown: the key's history since the commit's base
+//     tells whether that attempt landed and was overwritten since
+//     (landedEarlier); if so the commit is done, for it took effect;
+//   - another value otherwise: another request's commit of the same
+//     session came first (or the store did not remember the token), and
+//     the commit is made again on the new revision: concurrent commits of
+//     one session end with one of them, the last, and none fails.
+
+// Commit writes a session, as CommitCtx does with context.Background().
+func (s *EtcdStore) Commit(token string, b []byte, expiry time.Time) error {
+	return s.CommitCtx(context.Background(), token, b, expiry)
+}
+
+// CommitCtx writes the data b of session token, to expire at expiry,
+// replacing any earlier data and expiry. An expiry at or before now
+// deletes the session instead.
+//
+// A session deleted since, by any store, is not written again: CommitCtx
+// writes nothing and returns nil, so a request in flight cannot undo a
+// logout; the user's next request starts a new session. With
+// WithTouchInterval, a commit that changes nothing but pushes the expiry
+// back by less than the interval writes nothing either.
+//
+// It waits for etcd no longer than the store's timeout (WithTimeout),
+// trying again meanwhile after a leader change or a lost connection.
+// Every attempt is conditional on the state the commit was made against,
+// so one that reaches etcd late, after a later attempt or another
+// store's write, changes nothing (see Conditional writes in the package
+// documentation).
+//
+// It returns an error, and writes nothing, when token is longer than
+// MaxTokenLen, when expiry is after the year 2262, when etcd refuses the
+// value for its size (wrapping ErrValueTooLarge), or when etcd is out of
+// space (wrapping rpctypes.ErrNoSpace, with what to do in the message).
+// It returns an error wrapping context.DeadlineExceeded when the deadline
+// passed before etcd answered; the session may then have been written or
+// not. Other errors are those of the etcd requests.
+func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expiry time.Time) (err error) {
+	s.stats.commits.Add(1)
+	defer func() { s.stats.failed(err) }()
+	if token == "" {
+		return errors.New("etcdstore: commit: empty token")
+	}
+	if len(token) > MaxTokenLen {
+		return fmt.Errorf("etcdstore: commit: token of %d bytes is longer than MaxTokenLen (%d)", len(token), MaxTokenLen)
+	}
+	now := s.now()
+	if !expiry.After(now) {
+		return s.delete(ctx, token, "commit expired session")
+	}
+	if expiry.After(latestExpiry) {
+		return fmt.Errorf("etcdstore: commit: expiry %s is after the latest the store can keep, %s", expiry.UTC().Format(time.RFC3339), latestExpiry.UTC().Format(time.RFC3339))
+	}
+	if err := s.clientErr(); err != nil {
+		return fmt.Errorf("etcdstore: commit: %w", err)
+	}
+
+	seen, known := s.memory.get(token)
+	switch planCommit(seen, known, now, expiry, s.touch) {
+	case commitRefuse:
+		s.stats.refused.Add(1)
+		return nil
+	case commitTouch:
+		if s.unchanged(token, seen, b) {
+			s.stats.touchesSkipped.Add(1)
+			return nil
+		}
+	}
+	w := &pendingCommit{token: token, key: keyFor(s.prefix, token), value: encodeEnvelope(expiry, b),
+		now: now, expiry: expiry, base: seen, baseKnown: known, rev: seen.rev}
+	if !known {
+		w.rev = 0
+	}
+	if s.principalKey != "" {
+		w.principal, w.hasPrincipal, w.sums = s.principalFor(seen, known, b)
+	}
+	return s.commit(s.newCall(ctx), w)
+}
+
+// commitPlan is what a commit does before any request.
+type commitPlan int
+
+const (
+	commitWrite  commitPlan = iota // write, conditional on what the store saw
+	commitRefuse                   // write nothing: the store saw the session deleted
+	commitTouch                    // write nothing if the data is unchanged (WithTouchInterval)
+)
+
+// planCommit decides what a commit of a session to expire at expiry does,
+// at now, from what the store last saw of its token (seen, if known) and
+// the touch interval d (0: none). It does no I/O.
+func planCommit(seen sighting, known bool, now, expiry time.Time, d time.Duration) commitPlan {
+	switch {
+	case known && !seen.stored:
+		return commitRefuse
+	case known && seen.hasData && touchable(now, seen.expiry, expiry, d):
+		return commitTouch
+	default:
+		return commitWrite
+	}
+}
+
+// pendingCommit is a commit on its way to etcd.
+type pendingCommit struct {
+	token, key, value string
+	now, expiry       time.Time
+	// base is what the commit is made against, if baseKnown: the stored
+	// session whose mod revision is rev (0: none) and whose principal's
+	// index entry a change of principal removes.
+	base      sighting
+	baseKnown bool
+	rev       int64
+	// principal is the one the session's data names, if hasPrincipal
+	// (WithPrincipal), and sums the digests to remember with it.
+	principal    string
+	hasPrincipal bool
+	sums         [2]uint64
+	// uncertain is set once an attempt failed in a way that leaves
+	// unknown whether etcd applied it.
+	uncertain bool
+}
+
+// commit writes w within c, conditional on w.rev, and again on a newer
+// revision after a concurrent commit of the session (see Conditional
+// writes).
+func (s *EtcdStore) commit(c call, w *pendingCommit) error {
+	for {
+		resp, err := s.tryCommit(c, w)
+		if err != nil {
+			if tooLarge(err) {
+				return tooLargeError(err, len(w.key)+len(w.value))
+			}
+			return commitError(err)
+		}
+		if resp.Succeeded {
+			s.memory.saw(w.token, s.wrote(w, resp.Header.Revision))
+			return nil
+		}
+		var cur *mvccpb.KeyValue
+		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			cur = kvs[0]
+		}
+		switch afterConflict(cur, w.value, w.uncertain) {
+		case conflictDeleted:
+			s.stats.refused.Add(1)
+			s.memory.sawGone(w.token, resp.Header.Revision)
+			return nil
+		case conflictLanded:
+			s.memory.saw(w.token, s.wrote(w, cur.ModRevision))
+			return nil
+		case conflictMaybeLanded:
+			landed, err := s.landedEarlier(c, w, cur)
+			if err != nil {
+				return commitError(err)
+			}
+			if landed {
+				s.memory.saw(w.token, s.sightingOf(cur))
+				return nil
+			}
+		}
+		// Another commit of the session came first: last writer wins.
+		s.stats.conflicts.Add(1)
+		w.base, w.baseKnown, w.rev = s.sightingOf(cur), true, cur.ModRevision
+	}
+}
+
+// tryCommit makes w's Txn within c, as many times as c allows, and
+// returns etcd's answer.
+func (s *EtcdStore) tryCommit(c call, w *pendingCommit) (resp *clientv3.TxnResponse, err error) {
+	err = s.do(c, func(ctx context.Context) (err error) {
+		resp, err = s.writeOnce(ctx, w)
+		if err != nil {
+			w.uncertain = true
+		}
+		return err
+	})
+	return resp, err
+}
+
+// writeOnce makes one attempt of w: a Txn that puts the session on a
+// lease that outlives its expiry, with its principal index operations,
+// if the key's mod revision is still w.rev, and returns what the key
+// holds otherwise. A lease that etcd no longer knows is forgotten, and
+// the Txn made once more on a fresh one: etcd refused it whole.
+func (s *EtcdStore) writeOnce(ctx context.Context, w *pendingCommit) (*clientv3.TxnResponse, error) {
+	for attempt := 0; ; attempt++ {
+		id, err := s.leases.acquire(ctx, w.now, w.expiry)
+		if err != nil {
+			return nil, err
+		}
+		ops := []clientv3.Op{clientv3.OpPut(w.key, w.value, clientv3.WithLease(id))}
+		if s.principalKey != "" {
+			ops = append(ops, s.indexOps(w.token, w.base, w.baseKnown, w.principal, w.hasPrincipal, id)...)
+		}
+		resp, err := s.client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(w.key), "=", w.rev)).
+			Then(ops...).
+			Else(clientv3.OpGet(w.key)).
+			Commit()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			s.leases.forget(id)
+			if attempt == 0 {
+				continue
+			}
+		}
+		return resp, err
+	}
+}
+
+// conflict is what a commit whose compare failed does next.
+type conflict int
+
+const (
+	conflictDeleted     conflict = iota // write nothing: the session was deleted
+	conflictLanded                      // done: an earlier attempt wrote the value
+	conflictMaybeLanded                 // read the key's history (landedEarlier)
+	conflictOverwrite                   // write again on the key's new revision
+)
+
+// afterConflict decides what a commit of value does when its compare
+// failed and the key holds cur (nil: nothing), uncertain if an earlier
+// attempt's fate is unknown. It does no I/O.
+func afterConflict(cur *mvccpb.KeyValue, value string, uncertain bool) conflict {
+	switch {
+	case cur == nil || isTombstone(cur.Value):
+		return conflictDeleted
+	case string(cur.Value) == value:
+		return conflictLanded
+	case uncertain:
+		return conflictMaybeLanded
+	default:
+		return conflictOverwrite
+	}
+}
+
+// historyDepth bounds how many earlier versions of a key landedEarlier
+// reads.
+const historyDepth = 8
+
+// landedEarlier reports whether an attempt of w wrote its value at w's
+// key after the revision w was made against and before cur, what the key
+// holds now, overwrote it: it reads the key's earlier versions, newest
+// first, down to that revision, at most historyDepth of them. A history
+// compacted away reports false: the commit is then made again, and may
+// write over a concurrent commit that came after its own landed.
+func (s *EtcdStore) landedEarlier(c call, w *pendingCommit, cur *mvccpb.KeyValue) (bool, error) {
+	rev := cur.ModRevision
+	for range historyDepth {
+		var resp *clientv3.GetResponse
+		err := s.do(c, func(ctx context.Context) (err error) {
+			resp, err = s.client.Get(ctx, w.key, clientv3.WithRev(rev-1))
+			return err
+		})
+		switch {
+		case errors.Is(err, rpctypes.ErrCompacted):
+			return false, nil
+		case err != nil:
+			return false, err
+		case len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision <= w.rev:
+			return false, nil
+		case string(resp.Kvs[0].Value) == w.value:
+			return true, nil
+		}
+		rev = resp.Kvs[0].ModRevision
+	}
+	return false, nil
+}
+
+// wrote is the sighting of w's session as written at revision rev.
+func (s *EtcdStore) wrote(w *pendingCommit, rev int64) sighting {
+	seen := sighting{rev: rev, stored: true, expiry: w.expiry}
+	if s.touch > 0 {
+		seen.data, seen.hasData = w.value[envelopeHeader:], true
+	}
+	if s.principalKey != "" {
+		seen.indexed, seen.indexKnown, seen.sums = w.principal, true, w.sums
+	}
+	return seen
+}
+
+// sightingOf is the sighting of a stored session kv, which is no
+// tombstone: its revision, expiry, and principal (WithPrincipal). A value
+// that does not decode has no expiry and no principal.
+func (s *EtcdStore) sightingOf(kv *mvccpb.KeyValue) sighting {
+	seen := sighting{rev: kv.ModRevision, stored: true}
+	expiry, _, data, err := decodeEnvelope(kv.Value)
+	if err != nil {
+		return seen
+	}
+	seen.expiry = expiry
+	if s.principalKey != "" {
+		seen.indexed, _ = s.principalOf(data)
+		seen.indexKnown = true
+	}
+	return seen
+}
+
+// unchanged reports whether b holds the session seen: the same bytes as
+// its data or their known alternative, or the same deadline and values as
+// the codec decodes them, in which case b becomes the alternative. Data
+// the codec cannot decode counts as changed.
+func (s *EtcdStore) unchanged(token string, seen sighting, b []byte) bool {
+	if string(b) == seen.data || (seen.alt != "" && string(b) == seen.alt) {
+		return true
+	}
+	deadline, values, err := s.codec.Decode(b)
+	if err != nil {
+		return false
+	}
+	storedDeadline, storedValues, err := s.codec.Decode([]byte(seen.data))
+	if err != nil || !deadline.Equal(storedDeadline) || !reflect.DeepEqual(values, storedValues) {
+		return false
+	}
+	s.memory.sawAlt(token, seen.rev, string(b))
+	return true
+}
+
+// tooLargeError is the error of a commit of size bytes of key and value
+// that etcd refused for its size, naming the limit that refused it: the
+// client's own send limit, whose gRPC error says "trying to send"
+// (grpc-go rpc_util.go), or else the server's.
+func tooLargeError(err error, size int) error {
+	limit := "the server's --max-request-bytes (default 1.5 MiB)"
+	if !errors.Is(err, rpctypes.ErrRequestTooLarge) && strings.Contains(status.Convert(err).Message(), "trying to send") {
+		limit = "the client's send limit, clientv3.Config.MaxCallSendMsgSize (default 2 MiB)"
+	}
+	return fmt.Errorf("%w: commit of a %d-byte key and value refused by %s; raise it or keep less in the session: %w", ErrValueTooLarge, size, limit, err)
+}
+
+// commitError wraps an error of the etcd requests of a commit. etcd out
+// of space gets the way out in its message: etcd refuses every write once
+// its database file reaches --quota-backend-bytes, and keeps refusing
+// after space is freed until its NOSPACE alarm is disarmed (etcd docs,
+// "Maintenance": https://etcd.io/docs/v3.6/op-guide/maintenance/).
+func commitError(err error) error {
+	if errors.Is(err, rpctypes.ErrNoSpace) {
+		return fmt.Errorf("etcdstore: commit: etcd is out of space (its database reached --quota-backend-bytes and it raised the NOSPACE alarm); compact its history (etcdctl compact), defragment (etcdctl defrag), then run etcdctl alarm disarm, and turn on auto-compaction: %w", err)
+	}
+	return fmt.Errorf("etcdstore: commit: %w", err)
+}
