@@ -2,6 +2,7 @@ package etcdstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -317,5 +318,57 @@ func TestReadCacheOnlyOnTrustedServers(t *testing.T) {
 	synced(t, s)
 	if _, found, err := s.Find("tok"); err != nil || !found || s.Stats().CacheReads != 1 {
 		t.Errorf("etcd %s: Find = %v, %v, %d from the cache; want it from the cache", st.Version, found, err, s.Stats().CacheReads)
+	}
+}
+
+// TestCachedReadsWithinTimeout: with the store's only endpoint blackholed
+// (its link held, nothing closed), a Find or All through the read cache
+// returns an error wrapping context.DeadlineExceeded within the store's
+// timeout, or the context's deadline if sooner: the barrier, the wait for
+// the watch and the fallback to etcd share one deadline.
+func TestCachedReadsWithinTimeout(t *testing.T) {
+	t.Parallel()
+	const timeout = time.Second
+	srv := etcdtest.Start(t, etcdtest.Own())
+	p := srv.Proxy(t)
+	u := p.URL()
+	s := cachedStore(t, etcdtest.NewClient(t, clientv3.Config{Endpoints: []string{u.String()}}), WithTimeout(timeout))
+	if err := s.Commit("tok", []byte("x"), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, err := s.Find("tok"); err != nil || !found || s.Stats().CacheReads == 0 {
+		t.Fatalf("Find before the fault = %v, %v, with %d cache reads; want it found in the cache", found, err, s.Stats().CacheReads)
+	}
+	p.Hold()
+	t.Cleanup(p.Heal)
+
+	for _, tc := range []struct {
+		name  string
+		bound time.Duration // the context's deadline, if below timeout
+		call  func(ctx context.Context) error
+	}{
+		{"Find", timeout, func(ctx context.Context) error { _, _, err := s.FindCtx(ctx, "tok"); return err }},
+		{"All", timeout, func(ctx context.Context) error { _, err := s.AllCtx(ctx); return err }},
+		{"Find, context deadline 300ms", 300 * time.Millisecond, func(ctx context.Context) error { _, _, err := s.FindCtx(ctx, "tok"); return err }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background() // SCS's request context has no deadline
+			if tc.bound < timeout {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.bound)
+				defer cancel()
+			}
+			start := time.Now()
+			err := tc.call(ctx)
+			took := time.Since(start)
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("%s with the endpoint blackholed = %v, want an error wrapping context.DeadlineExceeded", tc.name, err)
+			}
+			// Not much after the bound, on a loaded machine: the store
+			// itself adds nothing to it.
+			if took < tc.bound-50*time.Millisecond || took > tc.bound+tc.bound/2 {
+				t.Errorf("%s with the endpoint blackholed returned after %v, want about %v", tc.name, took, tc.bound)
+			}
+		})
 	}
 }

@@ -488,14 +488,15 @@ func (s *EtcdStore) All() (map[string][]byte, error) {
 // decode.
 func (s *EtcdStore) AllCtx(ctx context.Context) (map[string][]byte, error) {
 	s.stats.alls.Add(1)
+	c := s.newCall(ctx)
 	if s.cache != nil {
-		if sessions, ok, err := s.allCached(ctx); ok {
+		if sessions, ok, err := s.allCached(c); ok {
 			return sessions, s.stats.failed(err)
 		}
 	}
-	sessions, err := s.scan(ctx)
+	sessions, err := s.scan(ctx, c)
 	if errors.Is(err, rpctypes.ErrCompacted) {
-		sessions, err = s.scan(ctx)
+		sessions, err = s.scan(ctx, s.newCall(ctx))
 	}
 	if err != nil {
 		return nil, s.stats.failed(err)
@@ -505,13 +506,12 @@ func (s *EtcdStore) AllCtx(ctx context.Context) (map[string][]byte, error) {
 
 // allCached is AllCtx from the read cache, and reports false when the
 // cache cannot serve the read.
-func (s *EtcdStore) allCached(ctx context.Context) (map[string][]byte, bool, error) {
+func (s *EtcdStore) allCached(c call) (map[string][]byte, bool, error) {
 	type entry struct {
 		token string
 		kv    cachedKV
 	}
 	var entries []entry
-	c := s.newCall(ctx)
 	// Copied out under the cache's read lock, decoded after it.
 	if !s.cache.read(c, func(values map[string]cachedKV, _ int64) {
 		entries = make([]entry, 0, len(values))
@@ -572,16 +572,19 @@ func (a *snapshot) remember() {
 	a.tokens, a.seen = a.tokens[:0], a.seen[:0]
 }
 
-// scan reads the whole prefix range in pages at one revision.
-func (s *EtcdStore) scan(ctx context.Context) (map[string][]byte, error) {
+// scan reads the whole prefix range in pages at one revision, the first
+// within c, each of the others within a call of its own.
+func (s *EtcdStore) scan(ctx context.Context, c call) (map[string][]byte, error) {
 	if err := s.clientErr(); err != nil {
 		return nil, fmt.Errorf("etcdstore: all: %w", err)
 	}
 	snap := s.newSnapshot(0)
 	var rev int64 // 0 for the first page: the current revision
 	from := s.prefix
-	for {
-		c := s.newCall(ctx) // a deadline per page
+	for page := 0; ; page++ {
+		if page > 0 {
+			c = s.newCall(ctx) // a deadline per page
+		}
 		resp, err := s.page(c, from, rev)
 		if err != nil {
 			return nil, fmt.Errorf("etcdstore: all: read from revision %d: %w", rev, err)

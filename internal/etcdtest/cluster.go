@@ -1,11 +1,12 @@
 package etcdtest
 
 import (
+	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdstore/etcdstore/internal/faultproxy"
 )
 
 // Cluster timing. A member that hears nothing from the leader for an
@@ -57,7 +60,7 @@ type Cluster struct {
 	// the proxies.
 	Members []*Server
 
-	clients, peers []*proxy // each member's
+	clients, peers []*faultproxy.Proxy // each member's
 }
 
 // StartCluster starts an n-member cluster on loopback, each member's data
@@ -81,18 +84,18 @@ func StartCluster(tb testing.TB, n int, opts ...Option) *Cluster {
 		cfg.InitialClusterToken = token
 		cfg.TickMs = clusterTickMs
 		cfg.ElectionMs = clusterElectionMs
-		cp, err := newProxy(cfg.ListenClientUrls[0].Host)
+		cp, err := faultproxy.New(cfg.ListenClientUrls[0].Host)
 		if err != nil {
 			tb.Fatalf("etcdtest: client proxy for %s: %v", cfg.Name, err)
 		}
 		c.clients = append(c.clients, cp)
-		pp, err := newProxy(cfg.ListenPeerUrls[0].Host)
+		pp, err := faultproxy.New(cfg.ListenPeerUrls[0].Host, faultproxy.WithLabel(peerLabel))
 		if err != nil {
 			tb.Fatalf("etcdtest: peer proxy for %s: %v", cfg.Name, err)
 		}
 		c.peers = append(c.peers, pp)
-		cfg.AdvertiseClientUrls = []url.URL{cp.url()}
-		cfg.AdvertisePeerUrls = []url.URL{pp.url()}
+		cfg.AdvertiseClientUrls = []url.URL{cp.URL()}
+		cfg.AdvertisePeerUrls = []url.URL{pp.URL()}
 		c.Members = append(c.Members, &Server{tb: tb, Cfg: cfg})
 		initial = append(initial, cfg.Name+"="+cfg.AdvertisePeerUrls[0].String())
 	}
@@ -141,8 +144,8 @@ func (c *Cluster) start(i int) error {
 		}
 		m.Cfg.ListenClientUrls = []url.URL{client}
 		m.Cfg.ListenPeerUrls = []url.URL{peer}
-		c.clients[i].setTarget(client.Host)
-		c.peers[i].setTarget(peer.Host)
+		c.clients[i].SetTarget(client.Host)
+		c.peers[i].SetTarget(peer.Host)
 	}
 }
 
@@ -216,8 +219,8 @@ func (c *Cluster) Kill(i int) {
 // and waits until it is ready, which needs a quorum of the members.
 func (c *Cluster) Restart(i int) {
 	c.tb.Helper()
-	c.clients[i].setDown(false)
-	c.peers[i].setDown(false)
+	c.clients[i].Refuse(false)
+	c.peers[i].Refuse(false)
 	if err := c.start(i); err != nil {
 		c.tb.Fatalf("etcdtest: restart %s: %v", c.Members[i].Cfg.Name, err)
 	}
@@ -226,8 +229,40 @@ func (c *Cluster) Restart(i int) {
 // down drops every connection to member i and refuses new ones until
 // Restart.
 func (c *Cluster) down(i int) {
-	c.clients[i].setDown(true)
-	c.peers[i].setDown(true)
+	for _, p := range []*faultproxy.Proxy{c.clients[i], c.peers[i]} {
+		p.Refuse(true)
+		p.Reset()
+	}
+}
+
+// ClientProxy returns the proxy that serves member i's client URL: a test
+// holds it to blackhole the member for its clients (see
+// faultproxy.Proxy.Hold).
+func (c *Cluster) ClientProxy(i int) *faultproxy.Proxy {
+	return c.clients[i]
+}
+
+// Partition cuts member i off from the other members without closing a
+// connection: its peer traffic, both ways, is held until Heal, and
+// delivered then, as a network partition that heals does. Its clients
+// still reach it.
+func (c *Cluster) Partition(i int) {
+	c.tb.Helper()
+	id := c.Members[i].Etcd.Server.MemberID().String()
+	for j, p := range c.peers {
+		if j == i {
+			p.Hold() // to i, from every member
+		} else {
+			p.HoldFrom(id) // from i
+		}
+	}
+}
+
+// Heal ends every hold of Partition and of the client proxies.
+func (c *Cluster) Heal() {
+	for _, p := range append(slices.Clone(c.clients), c.peers...) {
+		p.Heal()
+	}
 }
 
 // stopAll kills every running member at once (a graceful stop of each in
@@ -241,134 +276,21 @@ func (c *Cluster) stopAll() {
 		}
 	}
 	wg.Wait()
-	for _, p := range append(c.clients, c.peers...) {
-		p.close()
+	for _, p := range append(slices.Clone(c.clients), c.peers...) {
+		p.Close()
 	}
 }
 
-// proxy accepts TCP connections on a loopback port of its own and
-// forwards each to a target address.
-type proxy struct {
-	l  net.Listener
-	wg sync.WaitGroup
-
-	mu     sync.Mutex // protects target, conns, down and closed
-	target string     // host:port
-	conns  map[net.Conn]struct{}
-	down   bool // refusing connections: the member is stopped
-	closed bool
-}
-
-func newProxy(target string) (*proxy, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	p := &proxy{l: l, target: target, conns: make(map[net.Conn]struct{})}
-	p.wg.Go(p.serve)
-	return p, nil
-}
-
-func (p *proxy) url() url.URL {
-	return url.URL{Scheme: "http", Host: p.l.Addr().String()}
-}
-
-func (p *proxy) setTarget(target string) {
-	p.mu.Lock()
-	p.target = target
-	p.mu.Unlock()
-}
-
-// setDown makes the proxy refuse connections, after cutting those it
-// forwards, or accept them again.
-func (p *proxy) setDown(down bool) {
-	p.mu.Lock()
-	p.down = down
-	p.mu.Unlock()
-	if down {
-		p.cut()
-	}
-}
-
-func (p *proxy) serve() {
-	for {
-		in, err := p.l.Accept()
-		if err != nil {
-			return // closed
+// peerLabel labels a peer connection with the ID of the member that
+// opened it, which etcd's peer requests carry in their X-Server-From
+// header (server/etcdserver/api/rafthttp, stream.go and util.go).
+func peerLabel(r *bufio.Reader) string {
+	head := faultproxy.PeekUntil(r, []byte("\r\n\r\n"), 4096)
+	for _, line := range bytes.Split(head, []byte("\r\n")) {
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if ok && strings.EqualFold(string(name), "X-Server-From") {
+			return strings.TrimSpace(string(value))
 		}
-		p.wg.Go(func() { p.forward(in) })
 	}
-}
-
-// forward copies between in and a new connection to the target until
-// either side ends or the proxy cuts them.
-func (p *proxy) forward(in net.Conn) {
-	p.mu.Lock()
-	target, down := p.target, p.down
-	p.mu.Unlock()
-	if down {
-		in.Close()
-		return
-	}
-	out, err := net.DialTimeout("tcp", target, time.Second)
-	if err != nil {
-		in.Close() // the member is down: refuse, as its port would
-		return
-	}
-	if !p.track(in, out) {
-		in.Close()
-		out.Close()
-		return
-	}
-	done := make(chan struct{})
-	go func() {
-		io.Copy(out, in)
-		close(done)
-	}()
-	io.Copy(in, out)
-	in.Close()
-	out.Close()
-	<-done
-	p.untrack(in, out)
-}
-
-// track registers a forwarded pair, unless the proxy is down or closed.
-func (p *proxy) track(conns ...net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.down || p.closed {
-		return false
-	}
-	for _, c := range conns {
-		p.conns[c] = struct{}{}
-	}
-	return true
-}
-
-func (p *proxy) untrack(conns ...net.Conn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range conns {
-		delete(p.conns, c)
-	}
-}
-
-// cut closes every connection forwarded so far.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		c.Close()
-	}
-}
-
-// close stops accepting, cuts every connection and waits for the
-// forwarding goroutines to end.
-func (p *proxy) close() {
-	p.l.Close()
-	p.mu.Lock()
-	p.closed = true
-	p.mu.Unlock()
-	p.cut()
-	p.wg.Wait()
+	return ""
 }
