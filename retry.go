@@ -40,7 +40,7 @@ const (
 	defaultTimeout = 5 * time.Second
 	// attemptShare is the share of a call's time that one attempt gets,
 	// as its inverse.
-	attemptShare = 3
+	attemptShare = 5
 	// firstBackoff and maxBackoff bound the wait between attempts, which
 	// doubles from the first, with jitter.
 	firstBackoff = 25 * time.Millisecond
