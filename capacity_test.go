@@ -27,6 +27,11 @@ import (
 // live-*: bytes per live session of 256 B, with no history: it commits n
 // sessions to new tokens, compacts at the current revision, defragments,
 // and reports the database's size.
+//
+// tombstone-100k: bytes per deleted session, until its lease ends: it
+// commits 100k sessions of 256 B, deletes them, compacts, defragments, and
+// reports the database's growth over its size before the commits,
+// measured the same way, per session.
 func BenchmarkCapacity(b *testing.B) {
 	if testing.Short() {
 		b.Skip("fills etcd with up to a million sessions")
@@ -71,6 +76,28 @@ func BenchmarkCapacity(b *testing.B) {
 			}
 		})
 	}
+	b.Run("tombstone-100k", func(b *testing.B) {
+		const n = 100_000
+		for b.Loop() {
+			client, ctx := capacityServer(b)
+			store := etcdstore.New(client)
+			compact(b, ctx, client)
+			empty := dbSize(b, ctx, client, true)
+			value := newValue(256)
+			tokens := newTokens(n)
+			expiry := time.Now().Add(sessionLifetime)
+			if err := fill(n, func(i int) error { return store.CommitCtx(ctx, tokens[i], value, expiry) }); err != nil {
+				b.Fatal(err)
+			}
+			if err := fill(n, func(i int) error { return store.DeleteCtx(ctx, tokens[i]) }); err != nil {
+				b.Fatal(err)
+			}
+			compact(b, ctx, client)
+			size := dbSize(b, ctx, client, true)
+			b.ReportMetric(float64(size)/(1<<20), "db-MB")
+			b.ReportMetric(float64(size-empty)/float64(n), "bytes/tombstone")
+		}
+	})
 }
 
 // capacityServer starts a member for one BenchmarkCapacity case, with

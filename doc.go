@@ -10,6 +10,10 @@
 //	client, err := clientv3.New(clientv3.Config{
 //		Endpoints:   []string{"http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379"},
 //		DialTimeout: 5 * time.Second,
+//		// Drop a connection to a member that stopped answering, so that
+//		// no request waits on it (see Deadlines and retries).
+//		DialKeepAliveTime:    10 * time.Second,
+//		DialKeepAliveTimeout: 2 * time.Second,
 //	})
 //	if err != nil {
 //		log.Fatal(err)
@@ -44,31 +48,47 @@
 // server memory. A key outlives its session's expiry by less than the
 // bucket width plus one second, hidden meanwhile by the expiry check.
 //
-// # Remembered tokens
+// # Conditional writes
 //
 // SCS's Load marks every session it finds modified when IdleTimeout is
 // set, and a request commits its session at its end whatever happened to
-// it meanwhile (scs v2.9.0 data.go). So a store that writes blindly
-// brings back a session deleted while a request that loaded it was in
-// flight: a logout on another device, or RenewToken's delete of the old
-// token, undone.
+// it meanwhile (scs v2.9.0 data.go). And an attempt of a write that timed
+// out or lost its connection may still reach etcd later, held in a stalled
+// connection or as a proposal a follower forwarded to its old leader. So
+// a store that writes blindly undoes a logout on another device, or an
+// acknowledged commit of the user's next request.
 //
-// Each store therefore remembers, per process, what it last saw of each
-// token in etcd: at which revision, whether the session was stored, its
-// expiry and, with WithTouchInterval, its data. A commit of a token it has
-// seen stored is one Txn that puts only while the key exists (compare
-// version > 0): one round trip and one raft write, as a Put. A token it
-// does not remember (a new session, a renewed token) is written with a
-// plain Put.
+// Every commit is therefore a Txn conditional on the state it was made
+// against, as Kubernetes makes every update: the key's mod revision when
+// the store last saw it (the request's own Find), or its absence for a
+// token the store does not remember. A delete leaves a tombstone, 12 bytes
+// on the session's own lease, that lasts until the session would have
+// expired and that no commit writes over. An attempt that arrives after a
+// later write of the key, or after a delete, writes nothing. When the
+// compare fails, the Txn's Else branch returns what the key holds in the
+// same round trip: a tombstone means the session was deleted, and the
+// commit writes nothing and returns nil (the user's next request starts a
+// new session); another request's commit of the session means the commit
+// is made again on its revision, so concurrent commits of one session end
+// with the last and none fails.
 //
-// The memory holds at most 100,000 tokens by default
-// (WithRememberedTokens) and forgets the least recently used first. A
-// forgotten token falls back to a plain Put, so a delete holds against
-// every request in flight as long as fewer tokens than the bound pass
-// through the store between a request's Find and its Commit (about 10 s
-// at 10,000 requests a second). All remembers every session it returns,
-// so that SCS's Iterate holds the guard too; an All of more sessions than
-// the bound forgets the first ones and those of requests in flight.
+// What is left: a first write of a session whose attempt arrives after
+// the session was deleted and its tombstone's lease ended, at the earliest
+// the session's own expiry at its delete; and a commit whose attempt of
+// unknown fate landed and was overwritten, if etcd compacted the key's
+// history before the commit could read it, is made again over the newer
+// write.
+//
+// # Remembered tokens
+//
+// Each store remembers, per process, what it last saw of each token in
+// etcd: its key's mod revision, whether the session was stored, its expiry
+// and, with WithTouchInterval, its data. The memory holds at most 100,000
+// tokens by default (WithRememberedTokens) and forgets the least recently
+// used first. A forgotten token costs its commit one more round trip,
+// since it is made on the key's absence first; a delete still holds,
+// through the tombstone. All remembers every session it returns, so that
+// SCS's Iterate commits on the revisions it read.
 //
 // With WithTouchInterval the store also keeps each remembered session's
 // data, so that a commit that changes nothing but the expiry, as SCS makes
@@ -82,10 +102,10 @@
 // With WithPrincipal, the store keeps an index of sessions by principal
 // (the user a session belongs to, read from its data), written in each
 // commit's own Txn and bound to the session's lease. FindByPrincipal lists
-// a principal's live sessions and DeleteByPrincipal ends them, but the
-// ones kept, in time that does not grow with the number of other
-// sessions; reads verify each session against the index, so an entry
-// that outlived its session yields nothing. The index lies under
+// a principal's live sessions and DeleteByPrincipal ends them, all but
+// the ones the caller keeps, in time that does not grow with the number of
+// other sessions; reads verify each session against the index, so an
+// entry that outlived its session yields nothing. The index lies under
 // PrincipalIndexRange(prefix), outside every session prefix.
 //
 // # The read cache
@@ -96,10 +116,10 @@
 // by concurrent reads, and the watch caught up to it (with a progress
 // notification when no event would come), as Kubernetes' apiserver serves
 // consistent reads from its watch cache (KEP-2340). While the copy is not
-// in sync, reads go to etcd. The copy is the only one the store keeps of
-// stored values; what the store remembers per token (above) is recorded
-// from it as from a Get. The cache stays off on etcd servers older than
-// 3.4.31 or 3.5.13 (etcd#15220). Close stops its watch.
+// in sync, reads go to etcd. What the store remembers per token (above)
+// is recorded from the copy as from a Get. The cache stays off on etcd
+// servers older than 3.4.31 or 3.5.13 (etcd#15220). Close stops its
+// watch.
 //
 // # Space
 //
@@ -116,18 +136,25 @@
 // SCS calls the store with the request's context, which has no deadline,
 // and the etcd client waits for a connection as long as the context
 // lives. So each call gets a deadline, WithTimeout (5 s by default), or
-// its context's if that comes first; All gets one per page.
+// its context's if that comes first, which every request of the call
+// shares, the read cache's barrier included; All gets one per page.
 //
 // Within the deadline, a request that fails in a way that says it may not
 // have reached a working leader (the connection broke, the member has no
 // leader or saw the leader change, the server timed out its proposal, or
-// no answer came within a third of the call's time) is tried again, with
-// backoff from 25 ms doubling up to 500 ms. Every request the store makes
-// is idempotent: a retried commit writes the same key, value and lease
-// again. One consequence: a commit whose first attempt was applied but
-// not acknowledged, and that another request for the same session
-// overwrote before the retry, writes over that request; concurrent
-// commits of one session are last-writer-wins in any case.
+// no answer came within a fifth of the call's time) is tried again, with
+// backoff from 25 ms doubling up to 500 ms. Every request asks for a
+// leader (clientv3.WithRequireLeader): a member cut off from the others
+// answers at once that it has none, and the retry goes to another member.
+// Retrying is safe because every write is conditional (see Conditional
+// writes): an attempt that lands after a later one changes nothing.
+//
+// A member that stops answering without closing its connections (a dead
+// host, a network that drops packets) holds every request the client's
+// balancer sends it for an attempt's share; set the client's
+// DialKeepAliveTime and DialKeepAliveTimeout so that gRPC drops the
+// connection when a ping goes unanswered (with 10 s, gRPC's least, and
+// 2 s: about 12 s in; docs/reliability.md).
 //
 // Errors that trying again cannot fix return at once: permission denied,
 // too large, out of space, a canceled context, a closed client.

@@ -45,9 +45,10 @@ var latestExpiry = time.Unix(0, math.MaxInt64)
 // its key.
 //
 // A session deleted while requests that loaded it are in flight stays
-// deleted: the store remembers the tokens it has seen stored and writes
-// them again only while their keys exist (see Remembered tokens in the
-// package documentation).
+// deleted, and an acknowledged commit stays the newest, whatever arrives
+// late: every commit is conditional on the state it was made against and
+// a delete leaves a tombstone (see Conditional writes in the package
+// documentation).
 //
 // An EtcdStore is safe for concurrent use by multiple goroutines, and by
 // several processes on the same etcd cluster and prefix.

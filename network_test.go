@@ -195,7 +195,8 @@ func netLoad(t *testing.T, c *etcdtest.Cluster, apps [2]*EtcdStore, hold time.Du
 			r.deleter,
 		} {
 			rng := rand.New(rand.NewPCG(seed, uint64(id)))
-			wg.Go(func() { work(s, id, rng, stop) })
+			client := id
+			wg.Go(func() { work(s, client, rng, stop) })
 			id++
 		}
 	}
@@ -439,9 +440,11 @@ func sum(counts []int, from, to int) int {
 // DialKeepAliveTime 10 s (gRPC's least: grpc-go keepalive.ClientParameters
 // raises a shorter one to it) and DialKeepAliveTimeout 2 s closes that
 // connection once a ping goes unanswered, and its balancer then sends
-// nothing there: past the first 13 s, none of its calls takes over a
-// second. Both run at once, on one cluster, and the test logs their
-// commits per second. Neither fails a commit.
+// nothing there: past the first 13 s, none of its calls fails or takes
+// over a second. Both run at once, on one cluster, and the test logs their
+// commits per second. Before that, a call fails if all its attempts went
+// to the dead member, which the client's balancer picks for one request in
+// three: rarely, on a loaded machine.
 func TestKeepaliveSkipsDeadEndpoint(t *testing.T) {
 	t.Parallel()
 	const (
@@ -478,14 +481,12 @@ func TestKeepaliveSkipsDeadEndpoint(t *testing.T) {
 	for name, n := range runs {
 		n.wg.Wait()
 		t.Logf("%s: commits per second %v, failed %v, calls over 1 s %v (endpoint held in seconds 2 to %d)", name, n.ok, n.failed, n.slow, 2+hold)
-		t.Logf("%s: %d commits before the hold (2 s), %d in its first %d s, %d in its last %d s", name,
-			sum(n.ok, 0, 2), sum(n.ok, 2, 2+settled), settled, sum(n.ok, 2+settled, 2+hold), hold-settled)
-		if f := sum(n.failed, 0, len(n.failed)); f > 0 {
-			t.Errorf("%s: %d commits failed", name, f)
-		}
+		t.Logf("%s: %d commits before the hold (2 s), %d in its first %d s, %d in its last %d s; %d failed", name,
+			sum(n.ok, 0, 2), sum(n.ok, 2, 2+settled), settled, sum(n.ok, 2+settled, 2+hold), hold-settled, sum(n.failed, 0, len(n.failed)))
 	}
-	if slow := sum(runs["keepalive 10s/2s"].slow, 2+settled, 2+hold); slow > 0 {
-		t.Errorf("with keepalive, %d calls took over a second %d s into the hold: the dead endpoint was not dropped", slow, settled)
+	after := runs["keepalive 10s/2s"]
+	if slow, failed := sum(after.slow, 2+settled, 2+hold), sum(after.failed, 2+settled, len(after.failed)); slow+failed > 0 {
+		t.Errorf("with keepalive, %d calls failed and %d took over a second from %d s into the hold: the dead endpoint was not dropped", failed, slow, settled)
 	}
 }
 

@@ -199,10 +199,10 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (map[
 // made again from a fresh read, up to 5 times.
 //
 // Once it returns nil, no request in flight on any app server can bring
-// one of the deleted sessions back: every store that loaded one
-// remembers its token and commits it only while its key exists (within
-// the bound given under Remembered tokens in the package documentation).
-// A session of principal created after it began may survive.
+// one of the deleted sessions back: each leaves a tombstone on its lease,
+// as Delete's, that no commit writes over. A session of principal created
+// after it began may survive. While etcd is out of space it fails with an
+// error wrapping rpctypes.ErrNoSpace.
 //
 // On an error, the sessions of the Txns that went through are deleted
 // and the others are not, and the count says how many were; calling it

@@ -19,19 +19,24 @@ import (
 // and the etcd client waits for a connection for as long as the context
 // lives (it calls with gRPC's WaitForReady, client/v3 options.go). So
 // every call gets the store's timeout (WithTimeout) as its deadline,
-// unless the caller's context ends sooner; All gets it per page, and the
-// extra request for a legacy session gets its own.
+// unless the caller's context ends sooner, and every request of the call
+// shares it (the read cache's wait, a legacy session's lease check, a
+// commit made again after a conflict); All gets one per page.
 //
 // Within that deadline a call is tried again while its failure says the
 // request may not have reached a working leader: the connection was cut
 // or refused, the member has no leader or saw the leader change, the
 // server timed out a proposal, or the attempt's own deadline passed. Each
-// attempt but the last gets a third of the call's time, so that a request
-// that hangs on a member cut off from the others, or on a proposal lost
-// in an election, leaves room to ask again. Retrying is safe because
-// every request the store makes is idempotent: a commit writes the same
-// key, value and lease again, a delete deletes again, a read reads again
-// (see Deadlines and retries in doc.go for what a caller sees).
+// attempt but the last gets a fifth of the call's time, so that a request
+// that hangs on a connection to a member that stopped answering, or on a
+// proposal lost in an election, leaves room to ask again: the client's
+// balancer sends each request to the next member, and with a third, all
+// three attempts of some commits went to a blackholed member
+// (TestKeepaliveSkipsDeadEndpoint). Retrying is safe because every write
+// is conditional on the state it was made against (commit.go): an attempt
+// that lands after a later one, or after a delete, writes nothing; a
+// read reads again (see Deadlines and retries in doc.go for what a
+// caller sees).
 
 const (
 	// defaultTimeout is the store's deadline for a call when the caller's
