@@ -363,10 +363,10 @@ func runSerial(b *testing.B, op func() error) sample {
 	return sample{n: b.N, elapsed: b.Elapsed(), mallocs: after.Mallocs - before.Mallocs}
 }
 
-// stubKV answers Put, Get, Delete and Txn at once with fixed responses
+// stubKV answers Put, Get, Delete, Do and Txn at once with fixed responses
 // and allocates nothing per call. Get answers with the key and value of
-// the last Put made while record is set; every Txn succeeds. The other KV
-// methods are not implemented.
+// the last Put, alone or first in a Txn's Then branch, made while record
+// is set; every Txn succeeds. The other KV methods are not implemented.
 type stubKV struct {
 	clientv3.KV
 	record bool
@@ -382,6 +382,7 @@ func newStubKV() *stubKV {
 	h := &etcdserverpb.ResponseHeader{}
 	s := &stubKV{}
 	s.put.Header, s.get.Header, s.del.Header, s.txn.resp.Header = h, h, h, h
+	s.txn.kv = s
 	return s
 }
 
@@ -389,12 +390,18 @@ func (s *stubKV) Txn(context.Context) clientv3.Txn { return &s.txn }
 
 // stubTxn is a Txn whose compares always hold.
 type stubTxn struct {
+	kv   *stubKV
 	resp clientv3.TxnResponse
 }
 
 func (t *stubTxn) If(...clientv3.Cmp) clientv3.Txn { return t }
 
-func (t *stubTxn) Then(...clientv3.Op) clientv3.Txn { return t }
+func (t *stubTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	if t.kv.record && len(ops) > 0 && ops[0].IsPut() {
+		t.kv.Put(context.Background(), string(ops[0].KeyBytes()), string(ops[0].ValueBytes()))
+	}
+	return t
+}
 
 func (t *stubTxn) Else(...clientv3.Op) clientv3.Txn { return t }
 
@@ -416,6 +423,16 @@ func (s *stubKV) Get(context.Context, string, ...clientv3.OpOption) (*clientv3.G
 
 func (s *stubKV) Delete(context.Context, string, ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
 	return &s.del, nil
+}
+
+// Do answers a put or a delete as Put and Delete do.
+func (s *stubKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
+	if op.IsPut() {
+		resp, err := s.Put(ctx, string(op.KeyBytes()), string(op.ValueBytes()))
+		return resp.OpResponse(), err
+	}
+	resp, err := s.Delete(ctx, string(op.KeyBytes()))
+	return resp.OpResponse(), err
 }
 
 // stubLease grants leases with increasing IDs at once. The other Lease

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,10 +29,14 @@ import (
 // store's Grant-then-Put. Every commit rewrites one of hotSessions
 // sessions that all live 24 h, as SCS does on every request with an
 // IdleTimeout, after one untimed chunk of each contender has warmed the
-// store's lease table up. Having written every session in the warm-up,
-// the store remembers them, so each commit is the guarded Txn that keeps
-// deleted sessions deleted (memory.go); raw-guarded-txn is that Txn made
-// by hand onto the one lease, what etcd charges for the guard.
+// store's lease table up. Each contender has sessions of its own, so that
+// none writes over another's. Having written every session in the
+// warm-up, the store remembers them, so each commit is the Txn
+// conditional on the mod revision it last saw (commit.go), as after a
+// request's Find; raw-conditional-txn is that Txn made by hand onto the
+// one lease (If the key's mod revision is the last one written, Then put,
+// Else get), what etcd charges for the precondition, and raw-guarded-txn
+// the guard of earlier releases (If the key exists, Then put).
 // leases/1k-commits is how many
 // leases the store granted per 1000 commits in the timed rounds (the
 // naive store grants 1000).
@@ -39,8 +44,6 @@ func BenchmarkCommit(b *testing.B) {
 	for _, size := range valueSizes {
 		b.Run(size.name, func(b *testing.B) {
 			client, ctx := benchServer(b)
-			tokens := newTokens(hotSessions)
-			keys := keysOf(tokens)
 			value := newValue(size.n)
 			rawValue := string(value)
 			lease, err := client.Grant(ctx, int64((sessionLifetime+time.Hour)/time.Second))
@@ -50,25 +53,50 @@ func BenchmarkCommit(b *testing.B) {
 			naive := &naive.Store{Client: client, Prefix: etcdstore.DefaultPrefix}
 			store := etcdstore.New(client)
 
+			tokens := newTokens(hotSessions)
 			storeOp := contender{"store", func(i int) error {
 				return store.CommitCtx(ctx, tokens[i%hotSessions], value, time.Now().Add(sessionLifetime))
 			}}
+			rawKeys := keysOf(newTokens(hotSessions))
 			rawOp := contender{"raw-put", func(i int) error {
-				_, err := client.Put(ctx, keys[i%hotSessions], rawValue, clientv3.WithLease(lease.ID))
+				_, err := client.Put(ctx, rawKeys[i%hotSessions], rawValue, clientv3.WithLease(lease.ID))
 				return err
 			}}
+			guardedKeys := keysOf(newTokens(hotSessions))
 			guardedOp := contender{"raw-guarded-txn", func(i int) error {
-				key := keys[i%hotSessions]
+				key := guardedKeys[i%hotSessions]
 				_, err := client.Txn(ctx).
 					If(clientv3.Compare(clientv3.Version(key), ">", 0)).
 					Then(clientv3.OpPut(key, rawValue, clientv3.WithLease(lease.ID))).
 					Commit()
 				return err
 			}}
-			naiveOp := contender{"naive", func(i int) error {
-				return naive.CommitCtx(ctx, tokens[i%hotSessions], value, time.Now().Add(sessionLifetime))
+			// No two goroutines write one key at once: each takes the next
+			// index, and there are far more keys than goroutines.
+			conditionalKeys := keysOf(newTokens(hotSessions))
+			revs := make([]atomic.Int64, hotSessions)
+			conditionalOp := contender{"raw-conditional-txn", func(i int) error {
+				key, rev := conditionalKeys[i%hotSessions], &revs[i%hotSessions]
+				resp, err := client.Txn(ctx).
+					If(clientv3.Compare(clientv3.ModRevision(key), "=", rev.Load())).
+					Then(clientv3.OpPut(key, rawValue, clientv3.WithLease(lease.ID))).
+					Else(clientv3.OpGet(key)).
+					Commit()
+				switch {
+				case err != nil:
+					return err
+				case resp.Succeeded:
+					rev.Store(resp.Header.Revision)
+					return nil
+				default:
+					return fmt.Errorf("raw conditional Txn of %q on revision %d: the key is at another", key, rev.Load())
+				}
 			}}
-			for _, c := range []contender{storeOp, rawOp, guardedOp, naiveOp} {
+			naiveTokens := newTokens(hotSessions)
+			naiveOp := contender{"naive", func(i int) error {
+				return naive.CommitCtx(ctx, naiveTokens[i%hotSessions], value, time.Now().Add(sessionLifetime))
+			}}
+			for _, c := range []contender{storeOp, rawOp, guardedOp, conditionalOp, naiveOp} {
 				var warm sample
 				if err := runChunk(&warm, hotSessions, benchGoroutines, c.op); err != nil {
 					b.Fatalf("warm up %s: %v", c.name, err)
@@ -77,12 +105,15 @@ func BenchmarkCommit(b *testing.B) {
 			compact(b, ctx, client)
 			leases := etcdtest.Leases(b, client)
 
-			s, base := interleave(b, func() { compact(b, ctx, client) }, storeOp, rawOp, guardedOp, naiveOp)
+			s, base := interleave(b, func() { compact(b, ctx, client) }, storeOp, rawOp, guardedOp, conditionalOp, naiveOp)
 
 			// Every naive commit granted one lease; the rest are the store's.
-			storeLeases := etcdtest.Leases(b, client) - leases - base[2].n
+			storeLeases := etcdtest.Leases(b, client) - leases - base[3].n
 			b.ReportMetric(float64(storeLeases)*1000/float64(s.n), "leases/1k-commits")
-			reportBaselines(b, s, []contender{rawOp, guardedOp, naiveOp}, base)
+			reportBaselines(b, s, []contender{rawOp, guardedOp, conditionalOp, naiveOp}, base)
+			if st := store.Stats(); st.CommitConflicts > 0 {
+				b.Fatalf("%d of the store's commits conflicted: another contender wrote its sessions", st.CommitConflicts)
+			}
 		})
 	}
 }
@@ -549,7 +580,9 @@ func BenchmarkFootprint(b *testing.B) {
 // ready key and value string. The -from-token baselines are the raw call
 // as a caller holding a token and SCS's []byte data must make it, building
 // the key and converting the value. The store commits a session it wrote
-// before, so its Commit is the guarded Txn of raw-guarded-txn-from-token.
+// before, so its Commit is the conditional Txn of
+// raw-conditional-txn-from-token, and its Delete the Put of
+// raw-tombstone-put.
 func BenchmarkClientOverhead(b *testing.B) {
 	kv := newStubKV()
 	client := clientv3.NewCtxClient(context.Background())
@@ -587,12 +620,13 @@ func BenchmarkClientOverhead(b *testing.B) {
 					return err
 				})
 			})
-			b.Run("raw-guarded-txn-from-token", func(b *testing.B) {
+			b.Run("raw-conditional-txn-from-token", func(b *testing.B) {
 				guarded = runSerial(b, func() error {
 					key := etcdstore.DefaultPrefix + token
 					_, err := client.Txn(ctx).
-						If(clientv3.Compare(clientv3.Version(key), ">", 0)).
+						If(clientv3.Compare(clientv3.ModRevision(key), "=", 0)).
 						Then(clientv3.OpPut(key, string(value), clientv3.WithLease(lease))).
+						Else(clientv3.OpGet(key)).
 						Commit()
 					return err
 				})
@@ -601,7 +635,7 @@ func BenchmarkClientOverhead(b *testing.B) {
 				s := runSerial(b, func() error { return store.CommitCtx(ctx, token, value, expiry) })
 				reportOverhead(b, s, raw, "raw-put")
 				reportOverhead(b, s, fromToken, "raw-put-from-token")
-				reportOverhead(b, s, guarded, "raw-guarded-txn-from-token")
+				reportOverhead(b, s, guarded, "raw-conditional-txn-from-token")
 			})
 		})
 		b.Run("Find/"+size.name, func(b *testing.B) {
@@ -632,16 +666,23 @@ func BenchmarkClientOverhead(b *testing.B) {
 		})
 	}
 	b.Run("Delete", func(b *testing.B) {
-		var raw sample
+		var raw, tomb sample
 		b.Run("raw-delete", func(b *testing.B) {
 			raw = runSerial(b, func() error {
 				_, err := client.Delete(ctx, key)
 				return err
 			})
 		})
+		b.Run("raw-tombstone-put", func(b *testing.B) {
+			tomb = runSerial(b, func() error {
+				_, err := client.Put(ctx, key, "\x00ES\x01\x00\x00\x00\x00\x00\x00\x00\x00", clientv3.WithIgnoreLease())
+				return err
+			})
+		})
 		b.Run("store", func(b *testing.B) {
 			s := runSerial(b, func() error { return store.DeleteCtx(ctx, token) })
 			reportOverhead(b, s, raw, "raw-delete")
+			reportOverhead(b, s, tomb, "raw-tombstone-put")
 		})
 	})
 }

@@ -430,46 +430,79 @@ func (s *EtcdStore) DeleteCtx(ctx context.Context, token string) error {
 	return s.stats.failed(s.delete(ctx, token, "delete"))
 }
 
-// delete deletes the session token for the method op: one Txn that puts a
-// tombstone at its key, on the lease the key has (WithIgnoreLease), or
-// deletes a key without a lease, which a tombstone would outlive. The
-// index entry of the session's principal goes with it, when the store
-// knows the principal. While etcd is out of space, which refuses every
-// put, it deletes the key instead.
+// delete deletes the session token for the method op: it puts a
+// tombstone at its key, on the lease the key has (WithIgnoreLease), in one
+// request, which fails with rpctypes.ErrKeyNotFound when there is no key:
+// nothing to delete. A key without a lease, which no session store writes,
+// keeps its tombstone as it would have kept its value. The index entry of
+// the session's principal goes with it, when the store knows the
+// principal. While etcd is out of space, which refuses every put, it
+// deletes the key instead.
 func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
 	if err := s.clientErr(); err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
 	key := keyFor(s.prefix, token)
-	then := []clientv3.Op{clientv3.OpPut(key, tombstone, clientv3.WithIgnoreLease())}
-	otherwise := []clientv3.Op{clientv3.OpDelete(key)}
+	var entry string
 	if seen, ok := s.memory.get(token); ok && seen.stored && seen.indexKnown && seen.indexed != "" {
-		entry := clientv3.OpDelete(s.indexKey(seen.indexed, token))
-		then, otherwise = append(then, entry), append(otherwise, entry)
+		entry = s.indexKey(seen.indexed, token)
 	}
 	var rev int64
-	err := s.retry(ctx, func(ctx context.Context) error {
-		resp, err := s.client.Txn(ctx).
-			If(clientv3.Compare(clientv3.LeaseValue(key), ">", 0)).
-			Then(then...).
-			Else(otherwise...).
-			Commit()
-		if errors.Is(err, rpctypes.ErrNoSpace) {
-			// etcd out of space refuses the tombstone's put, but not a
-			// delete, which frees space; no commit lands meanwhile.
-			resp, err = s.client.Txn(ctx).Then(otherwise...).Commit()
-		}
-		if err != nil {
-			return err
-		}
-		rev = resp.Header.Revision
-		return nil
+	err := s.retry(ctx, func(ctx context.Context) (err error) {
+		rev, err = s.bury(ctx, key, entry)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
 	s.memory.sawGone(token, rev)
 	return nil
+}
+
+// bury puts the tombstone at key and deletes the index entry, if not "",
+// and returns the revision of the write (0: nothing was written).
+func (s *EtcdStore) bury(ctx context.Context, key, entry string) (int64, error) {
+	ops := []clientv3.Op{clientv3.OpPut(key, tombstone, clientv3.WithIgnoreLease())}
+	if entry != "" {
+		ops = append(ops, clientv3.OpDelete(entry))
+	}
+	rev, err := s.apply(ctx, ops)
+	switch {
+	case errors.Is(err, rpctypes.ErrKeyNotFound):
+		// No key, so no session to bury; its entry goes all the same.
+		ops = ops[1:]
+	case errors.Is(err, rpctypes.ErrNoSpace):
+		// etcd out of space refuses the tombstone's put, but not a
+		// delete, which frees space; no commit lands meanwhile.
+		ops[0] = clientv3.OpDelete(key)
+	default:
+		return rev, err
+	}
+	return s.apply(ctx, ops)
+}
+
+// apply makes ops in one request, a Txn if there are several, and returns
+// the revision etcd was at after (0 for no ops).
+func (s *EtcdStore) apply(ctx context.Context, ops []clientv3.Op) (int64, error) {
+	switch len(ops) {
+	case 0:
+		return 0, nil
+	case 1:
+		resp, err := s.client.Do(ctx, ops[0])
+		if err != nil {
+			return 0, err
+		}
+		if put := resp.Put(); put != nil {
+			return put.Header.Revision, nil
+		}
+		return resp.Del().Header.Revision, nil
+	default:
+		resp, err := s.client.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return 0, err
+		}
+		return resp.Header.Revision, nil
+	}
 }
 
 // All returns every live session, as AllCtx does with
