@@ -566,8 +566,8 @@ func (s *EtcdStore) allCached(c call) (map[string][]byte, bool, error) {
 }
 
 // snapshot gathers the live sessions of one All at one revision, and
-// what the store remembers of them: so that SCS's Iterate, whose callback
-// may commit them, cannot bring them back after a delete.
+// what the store remembers of them: so that the commits of SCS's Iterate,
+// whose callback may commit them, compare the revisions read.
 type snapshot struct {
 	s        *EtcdStore
 	now      time.Time // one instant for the whole snapshot

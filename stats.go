@@ -22,8 +22,9 @@ type Stats struct {
 	// interval (WithTouchInterval).
 	TouchesSkipped int64
 	// ResurrectionsRefused counts commits that wrote nothing because the
-	// session had been deleted since the store saw it stored: requests in
-	// flight that a logout or a delete elsewhere overtook.
+	// session had been deleted: the store saw it deleted, or the commit
+	// found its tombstone. Requests in flight that a logout or a delete
+	// elsewhere overtook.
 	ResurrectionsRefused int64
 
 	// CommitConflicts counts the times a commit found its session
