@@ -379,12 +379,11 @@ func TestPartitionedLeaderUnderLoad(t *testing.T) {
 // nil and those that failed, and the calls that took longer than a
 // second.
 type netCommits struct {
-	start         time.Time
-	mu            sync.Mutex // protects the slices
-	ok, failed    []int      // by second since start
-	slow          []int      // calls over a second, by the second they began in
-	wg            sync.WaitGroup
-	errs, commits atomic.Int64
+	start      time.Time
+	mu         sync.Mutex // protects the slices
+	ok, failed []int      // by second since start
+	slow       []int      // calls over a second, by the second they began in
+	wg         sync.WaitGroup
 }
 
 func startNetCommits(s *EtcdStore, workers int, stop <-chan struct{}) *netCommits {
