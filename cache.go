@@ -273,7 +273,8 @@ func (c *readCache) notifyLocked() {
 }
 
 // barrier returns a revision of etcd's that a linearizable request,
-// started after the call, read, or an error once c's deadline passes.
+// started after the call, read, or an error once rc's share of its time
+// passes.
 func (c *readCache) barrier(rc call) (int64, error) {
 	c.bmu.Lock()
 	b := c.next
@@ -285,7 +286,10 @@ func (c *readCache) barrier(rc call) (int64, error) {
 		c.startLocked()
 	}
 	c.bmu.Unlock()
-	deadline := time.NewTimer(time.Until(rc.deadline))
+	// No longer than an attempt's share: a barrier sent to a member that
+	// stopped answering would hold the read, which falls back to a Get
+	// that tries the other members.
+	deadline := time.NewTimer(min(rc.share, time.Until(rc.deadline)))
 	defer deadline.Stop()
 	select {
 	case <-b.done:
@@ -310,7 +314,7 @@ func (c *readCache) startLocked() {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(c.ctx), c.s.timeout)
+		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(c.ctx), c.s.timeout/attemptShare)
 		// A count of one key that never exists: linearizable, and it
 		// reads no data. Its readers wait for it no longer than their
 		// own deadlines.

@@ -372,3 +372,28 @@ func TestCachedReadsWithinTimeout(t *testing.T) {
 		})
 	}
 }
+
+// TestCachedReadsFailOver: with one of the client's two links to its
+// member blackholed, the read cache's barrier may be sent into it. A read
+// waits for it no longer than an attempt's share of its time, then reads
+// from etcd, which tries the other link: every Find succeeds.
+func TestCachedReadsFailOver(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t, etcdtest.Own())
+	a, b := srv.Proxy(t), srv.Proxy(t)
+	ua, ub := a.URL(), b.URL()
+	s := cachedStore(t, etcdtest.NewClient(t, clientv3.Config{Endpoints: []string{ua.String(), ub.String()}}))
+	if err := s.Commit("tok", []byte("x"), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	a.Hold()
+	t.Cleanup(a.Heal)
+	for i := range 6 {
+		start := time.Now()
+		if got, found, err := s.Find("tok"); err != nil || !found || string(got) != "x" {
+			t.Fatalf("Find %d with one link blackholed = %q, %v, %v after %v; want x", i, got, found, err, time.Since(start))
+		}
+	}
+	st := s.Stats()
+	t.Logf("%d reads from the cache, %d from etcd, %d retries", st.CacheReads, st.CacheFallbacks, st.Retries)
+}

@@ -199,9 +199,11 @@ func (s *EtcdStore) commit(c call, w *pendingCommit) error {
 				return nil
 			}
 		}
-		// Another commit of the session came first: last writer wins.
+		// Another commit of the session came first: last writer wins. The
+		// attempts so far compared an older revision: none can land now.
 		s.stats.conflicts.Add(1)
 		w.base, w.baseKnown, w.rev = s.sightingOf(cur), true, cur.ModRevision
+		w.uncertain = false
 	}
 }
 
@@ -281,10 +283,26 @@ const historyDepth = 8
 // landedEarlier reports whether an attempt of w wrote its value at w's
 // key after the revision w was made against and before cur, what the key
 // holds now, overwrote it: it reads the key's earlier versions, newest
-// first, down to that revision, at most historyDepth of them. A history
-// compacted away reports false: the commit is then made again, and may
-// write over a concurrent commit that came after its own landed.
+// first, down to that revision, at most historyDepth of them; for a
+// commit made on the key's absence, only the key's first version, which
+// its attempt would have written. A history compacted away, or deeper,
+// reports false: the commit is then made again, and may write over a
+// concurrent commit that came after its own landed.
 func (s *EtcdStore) landedEarlier(c call, w *pendingCommit, cur *mvccpb.KeyValue) (bool, error) {
+	if w.rev == 0 {
+		var resp *clientv3.GetResponse
+		err := s.do(c, func(ctx context.Context) (err error) {
+			resp, err = s.client.Get(ctx, w.key, clientv3.WithRev(cur.CreateRevision))
+			return err
+		})
+		switch {
+		case errors.Is(err, rpctypes.ErrCompacted):
+			return false, nil
+		case err != nil:
+			return false, err
+		}
+		return len(resp.Kvs) > 0 && string(resp.Kvs[0].Value) == w.value, nil
+	}
 	rev := cur.ModRevision
 	for range historyDepth {
 		var resp *clientv3.GetResponse

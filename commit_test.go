@@ -2,6 +2,7 @@ package etcdstore
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -129,13 +130,18 @@ func TestLandedEarlier(t *testing.T) {
 		{"never landed, two writes since", []string{"theirs", "again"}, false, false},
 		{"landed before the base", nil, false, false},
 		{"history compacted", []string{"ours", "theirs"}, true, false},
+		{"a create that landed, then overwritten", []string{"ours", "theirs", "again"}, false, true},
+		{"a create that never landed", []string{"theirs", "ours?", "again"}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			key := s.prefix + t.Name()
 			w := &pendingCommit{key: key, value: "ours"}
-			if tc.name == "landed before the base" {
+			switch {
+			case strings.HasPrefix(tc.name, "a create"):
+				// Made on the key's absence: rev 0.
+			case tc.name == "landed before the base":
 				w.rev = keyHistory(t, c, key, "ours", "base")[1]
-			} else {
+			default:
 				w.rev = keyHistory(t, c, key, "base")[0]
 			}
 			keyHistory(t, c, key, tc.history...)

@@ -74,10 +74,12 @@
 //
 // What is left: a first write of a session whose attempt arrives after
 // the session was deleted and its tombstone's lease ended, at the earliest
-// the session's own expiry at its delete; and a commit whose attempt of
-// unknown fate landed and was overwritten, if etcd compacted the key's
-// history before the commit could read it, is made again over the newer
-// write.
+// the session's own expiry at its delete; a delete that finds no key, or
+// runs while etcd is out of space, leaves no tombstone for a first write
+// still in flight; a commit whose attempt of unknown fate landed and was
+// overwritten, if the key's history was compacted or is deeper than 8
+// versions, is made again over the newer write; and a delete whose call
+// failed may still land later (docs/design.md).
 //
 // # Remembered tokens
 //
@@ -146,8 +148,10 @@
 // backoff from 25 ms doubling up to 500 ms. Every request asks for a
 // leader (clientv3.WithRequireLeader): a member cut off from the others
 // answers at once that it has none, and the retry goes to another member.
-// Retrying is safe because every write is conditional (see Conditional
-// writes): an attempt that lands after a later one changes nothing.
+// Retrying is safe because every commit is conditional (see Conditional
+// writes): an attempt that lands after a later one changes nothing. A
+// delete is not, and needs not be: an attempt of it that lands late puts
+// the tombstone again.
 //
 // A member that stops answering without closing its connections (a dead
 // host, a network that drops packets) holds every request the client's
@@ -162,7 +166,8 @@
 // # Stats
 //
 // Stats returns counts of calls, skipped touches, refused resurrections,
-// lease grants, retries and errors by kind, for an operator's dashboard;
+// commit conflicts, lease grants, retries and errors by kind, for an
+// operator's dashboard;
 // the example app exports them to Prometheus.
 //
 // # Errors

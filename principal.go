@@ -164,7 +164,7 @@ type indexEntry struct {
 // as AllCtx gives them, and an empty, non-nil map when there are none.
 // It reads the principal's index entries and then their sessions: two
 // etcd requests for a principal with up to 128 sessions, whatever the
-// total, each within the store's timeout. A session whose data no longer
+// total, both within the store's timeout. A session whose data no longer
 // names principal, or that has expired, is left out. Errors are those of
 // the etcd requests, an error for a stored value that does not decode,
 // and ErrNoPrincipal when the store was made without WithPrincipal.
@@ -172,7 +172,7 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (map[
 	if s.principalKey == "" {
 		return nil, errNoPrincipal("FindByPrincipal")
 	}
-	entries, kvs, err := s.principalSessions(ctx, principal)
+	entries, kvs, err := s.principalSessions(s.newCall(ctx), principal)
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: find by principal: %w", err)
 	}
@@ -196,7 +196,8 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (map[
 // its principal deletes that entry, while the commits of requests in
 // flight only rewrite it), in Txns of at most 64 sessions (etcd's
 // --max-txn-ops defaults to 128); a Txn that a concurrent change fails is
-// made again from a fresh read, up to 5 times.
+// made again from a fresh read, up to 5 times. All of it waits for etcd
+// no longer than the store's timeout (WithTimeout).
 //
 // Once it returns nil, no request in flight on any app server can bring
 // one of the deleted sessions back: each leaves a tombstone on its lease,
@@ -217,8 +218,9 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 		keep[t] = true
 	}
 	deleted := 0
+	c := s.newCall(ctx)
 	for range deletePasses {
-		entries, kvs, err := s.principalSessions(ctx, principal)
+		entries, kvs, err := s.principalSessions(c, principal)
 		if err != nil {
 			return deleted, fmt.Errorf("etcdstore: delete by principal: %w", err)
 		}
@@ -231,7 +233,7 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 				return nil
 			}
 			var resp *clientv3.TxnResponse
-			err := s.retry(ctx, func(ctx context.Context) (err error) {
+			err := s.do(c, func(ctx context.Context) (err error) {
 				resp, err = s.client.Txn(ctx).If(batch...).Then(ops...).Commit()
 				return err
 			})
@@ -260,14 +262,10 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 				// requests in flight, which rewrite the session and its
 				// entry, leave the entry's creation as it was. The
 				// session leaves a tombstone on its lease, as Delete's.
-				batch = append(batch, clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.created))
-				if kv.Lease != 0 {
-					batch = append(batch, clientv3.Compare(clientv3.LeaseValue(string(kv.Key)), ">", 0))
-					ops = append(ops, clientv3.OpPut(string(kv.Key), tombstone, clientv3.WithIgnoreLease()))
-				} else {
-					ops = append(ops, clientv3.OpDelete(string(kv.Key)))
-				}
-				ops = append(ops, clientv3.OpDelete(e.key))
+				batch = append(batch,
+					clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.created),
+					clientv3.Compare(clientv3.Version(string(kv.Key)), ">", 0)) // WithIgnoreLease needs the key
+				ops = append(ops, clientv3.OpPut(string(kv.Key), tombstone, clientv3.WithIgnoreLease()), clientv3.OpDelete(e.key))
 				tokens = append(tokens, e.token)
 			} else {
 				// Stale: remove it unless it was written again since.
@@ -290,12 +288,12 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 	return deleted, fmt.Errorf("etcdstore: delete by principal: the sessions kept changing; %d deleted, try again", deleted)
 }
 
-// principalSessions reads the index entries of principal and the
-// sessions they name, keyed by token (nil where there is none).
-func (s *EtcdStore) principalSessions(ctx context.Context, principal string) ([]indexEntry, map[string]*mvccpb.KeyValue, error) {
+// principalSessions reads, within c, the index entries of principal and
+// the sessions they name, keyed by token (nil where there is none).
+func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, map[string]*mvccpb.KeyValue, error) {
 	from := s.principalPrefix(principal)
 	var resp *clientv3.GetResponse
-	err := s.retry(ctx, func(ctx context.Context) (err error) {
+	err := s.do(c, func(ctx context.Context) (err error) {
 		resp, err = s.client.Get(ctx, from, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		return err
 	})
@@ -317,7 +315,7 @@ func (s *EtcdStore) principalSessions(ctx context.Context, principal string) ([]
 			gets[i] = clientv3.OpGet(keyFor(s.prefix, e.token))
 		}
 		var txn *clientv3.TxnResponse
-		err := s.retry(ctx, func(ctx context.Context) (err error) {
+		err := s.do(c, func(ctx context.Context) (err error) {
 			txn, err = s.client.Txn(ctx).Then(gets...).Commit()
 			return err
 		})

@@ -32,10 +32,10 @@ import (
 // proposal lost in an election, leaves room to ask again: the client's
 // balancer sends each request to the next member, and with a third, all
 // three attempts of some commits went to a blackholed member
-// (TestKeepaliveSkipsDeadEndpoint). Retrying is safe because every write
+// (TestKeepaliveSkipsDeadEndpoint). Retrying is safe because every commit
 // is conditional on the state it was made against (commit.go): an attempt
 // that lands after a later one, or after a delete, writes nothing; a
-// read reads again (see Deadlines and retries in doc.go for what a
+// delete puts its tombstone again; a read reads again (see Deadlines and retries in doc.go for what a
 // caller sees).
 
 const (
