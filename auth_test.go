@@ -149,7 +149,7 @@ func TestAuth(t *testing.T) {
 	inner := NewWithPrefix(appClient, prefix+"inner:")
 	for op, err := range authStoreOps(ctx, inner) {
 		if err != nil {
-			t.Errorf("%s as app under %q: %v", op, inner.prefix, err)
+			t.Errorf("%s as app under %q: %v", op, inner.keys.prefix, err)
 		}
 	}
 
@@ -164,7 +164,7 @@ func TestAuth(t *testing.T) {
 	// reaches past the grant.
 	wide := NewWithPrefix(appClient, "t/auth/app")
 	if _, err := wide.AllCtx(ctx); !errors.Is(err, rpctypes.ErrPermissionDenied) || !strings.HasPrefix(err.Error(), "etcdstore: ") {
-		t.Errorf("All as app under %q = %v, want an etcdstore: error wrapping rpctypes.ErrPermissionDenied", wide.prefix, err)
+		t.Errorf("All as app under %q = %v, want an etcdstore: error wrapping rpctypes.ErrPermissionDenied", wide.keys.prefix, err)
 	}
 
 	// A read-only user finds and lists, but may not write.

@@ -30,48 +30,51 @@ import (
 // The copy starts from a range read at one revision and watches from the
 // next; on compaction, a lost leader (the watch requires one) or a broken
 // stream it lists again. While it is not in sync, and whenever a barrier
-// or the wait for the watch fails, reads go to etcd directly, so the cache
-// never fails a read that a Get would have answered.
+// or the wait for the watch fails, reads go to etcd directly, within what
+// is left of their deadline, so the cache never fails a read that a Get
+// would have answered.
 //
 // Before etcd 3.4.25 and 3.5.8 a requested progress notification could
-// overtake an event of the same revision (etcd#15220), which would let a
-// read miss a write; Kubernetes trusts the feature from etcd 3.4.31 and
-// 3.5.13 (KEP-2340). The cache asks every endpoint its version first, and
-// stays off, every read going to etcd, unless all are at least those.
+// overtake an event of the same revision (etcd#15220, fixed by
+// etcd#15237 and its backports); Kubernetes enables consistent reads from
+// its cache only on 3.4.31 and 3.5.13 or later, where etcd#17507 also
+// fixed progress notifications on watches of a key range (KEP-2340). The
+// cache asks every endpoint its version first and stays off, every read
+// going to etcd, unless all that answer are at least those; an endpoint
+// that does not answer is asked again before each list.
 
-// cacheCatchUp bounds how long a read waits for the watch to reach its
-// barrier before it asks etcd directly.
-const cacheCatchUp = time.Second
+const (
+	// cacheCatchUp bounds how long a read waits for the watch to reach
+	// its barrier before it asks etcd directly.
+	cacheCatchUp = time.Second
+	// cacheRetry is how long the watch waits before it lists again after a
+	// failure.
+	cacheRetry = 100 * time.Millisecond
+	// cacheAskAgain is how often a read that waits for the watch asks for
+	// a progress notification again: one may have crossed a notification.
+	cacheAskAgain = 50 * time.Millisecond
+)
 
-// cacheRetry is how long the watch waits before it lists again after a
-// failure.
-const cacheRetry = 100 * time.Millisecond
-
-// WithReadCache makes Find and All answer from a copy of the store's
-// sessions in memory, kept by one etcd watch, while staying linearizable:
-// a session committed or deleted by any app server before a Find begins is
-// seen by that Find (see The read cache in the package documentation).
-// Every app server then holds every session of the prefix in memory:
-// about 400 bytes a session of 256 bytes, 5 KB one of 4 KiB
-// (BenchmarkCacheMemory).
-//
-// The store starts a goroutine for the watch; Close stops it. The cache
-// turns itself off, and reads go to etcd, on servers older than 3.4.31 or
-// 3.5.13, whose progress notifications it cannot trust.
-func WithReadCache() Option {
-	return func(o *options) { o.cache = true }
-}
-
-// readCache is the watch-fed copy of a store's prefix range.
+// readCache is the watch-fed copy of a store's prefix range. It is built
+// by newReadCache and runs from start to close; read is safe for
+// concurrent use by multiple goroutines.
 type readCache struct {
-	s      *EtcdStore
-	cancel context.CancelFunc
-	done   chan struct{}
-	ctx    context.Context // the watch's, for RequestProgress
+	client *clientv3.Client
+	keys   keyspace
+	calls  *retrier // the store's: deadlines, and each page's retries
+	// afterList, if set before start, runs after each list, before the
+	// watch starts; tests use it to compact the revisions it will need.
+	afterList func()
 
-	mu      sync.RWMutex
-	values  map[string]cachedKV // token -> what etcd holds
-	rev     int64               // every event up to rev is applied
+	ctx       context.Context // the watch's, for RequestProgress
+	cancel    context.CancelFunc
+	started   atomic.Bool
+	done      chan struct{} // closed when run returns, once started
+	closeOnce sync.Once
+
+	mu      sync.RWMutex // protects values, rev, synced and changed
+	values  map[string]storedKV
+	rev     int64 // every event up to rev is applied
 	synced  bool
 	changed chan struct{} // closed, and replaced, when rev moves or sync is lost
 
@@ -84,23 +87,6 @@ type readCache struct {
 	wg       sync.WaitGroup // barrier and progress requests
 
 	hits, misses atomic.Int64
-
-	// afterList, if set, runs after each list, before the watch starts;
-	// tests use it to compact the revisions the watch will need.
-	afterList func()
-}
-
-// cachedKV is a session as etcd holds it: its stored value (the
-// envelope), its lease and its key's mod revision.
-type cachedKV struct {
-	value []byte
-	lease int64
-	mod   int64
-}
-
-// kvOf is the cachedKV of a key-value read from etcd.
-func kvOf(kv *mvccpb.KeyValue) cachedKV {
-	return cachedKV{value: kv.Value, lease: kv.Lease, mod: kv.ModRevision}
 }
 
 // barrier is one linearizable revision request, shared by the reads that
@@ -111,38 +97,54 @@ type barrier struct {
 	err  error
 }
 
-func newReadCache(s *EtcdStore) *readCache {
+// newReadCache returns a cache of the sessions in keys, read through
+// client within the deadlines of calls, not yet started: reads fall back
+// to etcd until start and its first list.
+func newReadCache(client *clientv3.Client, keys keyspace, calls *retrier) *readCache {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &readCache{s: s, cancel: cancel, done: make(chan struct{}), ctx: ctx, changed: make(chan struct{}), afterList: s.cacheAfterList}
-	go c.run(ctx)
-	return c
+	return &readCache{client: client, keys: keys, calls: calls, ctx: ctx, cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
 }
 
-// close stops the watch and waits for its goroutine.
+// start starts the goroutine that keeps the copy in sync.
+func (c *readCache) start() {
+	c.started.Store(true)
+	go c.run(c.ctx)
+}
+
+// close stops the watch and waits for its goroutine, once.
 func (c *readCache) close() {
-	c.cancel()
-	<-c.done
-	c.bmu.Lock()
-	c.closed = true // no request starts after this
-	c.bmu.Unlock()
-	c.wg.Wait()
+	c.closeOnce.Do(func() {
+		c.cancel()
+		if c.started.Load() {
+			<-c.done
+		}
+		c.bmu.Lock()
+		c.closed = true // no request starts after this
+		c.bmu.Unlock()
+		c.wg.Wait()
+	})
 }
 
-// run keeps the copy in sync until ctx ends.
+// run keeps the copy in sync until ctx ends, unless an endpoint runs an
+// etcd whose progress notifications it cannot trust.
 func (c *readCache) run(ctx context.Context) {
 	defer close(c.done)
-	if !c.trusted(ctx) {
-		return
-	}
+	checked := make(map[string]bool) // endpoints whose version was trusted
 	for ctx.Err() == nil {
-		rev, err := c.list(ctx)
-		if err == nil {
-			if c.afterList != nil {
-				c.afterList()
-			}
-			c.watch(ctx, rev)
+		answered, trusted := c.checkVersions(ctx, checked)
+		if !trusted {
+			return
 		}
-		c.unsync()
+		if answered {
+			rev, err := c.list(ctx)
+			if err == nil {
+				if c.afterList != nil {
+					c.afterList()
+				}
+				c.watch(ctx, rev)
+			}
+			c.unsync()
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(cacheRetry):
@@ -150,34 +152,33 @@ func (c *readCache) run(ctx context.Context) {
 	}
 }
 
-// trusted reports whether every endpoint's etcd sends progress
-// notifications that no event of the same revision can overtake.
-func (c *readCache) trusted(ctx context.Context) bool {
-	for _, ep := range c.s.client.Endpoints() {
-		var version string
-		for ctx.Err() == nil {
-			sctx, cancel := context.WithTimeout(ctx, c.s.timeout)
-			st, err := c.s.client.Status(sctx, ep)
-			cancel()
-			if err == nil {
-				version = st.Version
-				break
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(cacheRetry):
-			}
+// checkVersions asks each endpoint not in checked its etcd version, and
+// adds those it trusts. It reports whether any endpoint has been checked,
+// and false for trusted once one answers with a version it does not
+// trust. An endpoint that does not answer within an attempt's share of
+// the store's timeout is asked again next time.
+func (c *readCache) checkVersions(ctx context.Context, checked map[string]bool) (answered, trusted bool) {
+	for _, ep := range c.client.Endpoints() {
+		if checked[ep] {
+			continue
 		}
-		if !progressTrusted(version) {
-			return false
+		sctx, cancel := context.WithTimeout(ctx, c.calls.timeout/attemptShare)
+		st, err := c.client.Status(sctx, ep)
+		cancel()
+		if err != nil {
+			continue
 		}
+		if !progressTrusted(st.Version) {
+			return true, false
+		}
+		checked[ep] = true
 	}
-	return ctx.Err() == nil
+	return len(checked) > 0, true
 }
 
 // progressTrusted reports whether an etcd server of version (as Status
-// gives it, "3.5.13") has the fix of etcd#15220 that Kubernetes requires:
-// 3.4.31 or later in 3.4, 3.5.13 or later in 3.5, any later minor.
+// gives it, "3.5.13") is one whose progress notifications Kubernetes
+// trusts: 3.4.31 or later in 3.4, 3.5.13 or later in 3.5, any later minor.
 func progressTrusted(version string) bool {
 	parts := strings.SplitN(version, ".", 3)
 	if len(parts) != 3 {
@@ -206,24 +207,15 @@ func progressTrusted(version string) bool {
 
 // list reads the prefix range at one revision into a new copy.
 func (c *readCache) list(ctx context.Context) (int64, error) {
-	values := make(map[string]cachedKV)
-	var rev int64
-	from := c.s.prefix
-	for {
-		resp, err := c.s.page(c.s.newCall(ctx), from, rev)
-		if err != nil {
-			return 0, err
+	values := make(map[string]storedKV)
+	rev, err := c.keys.list(ctx, c.client, c.calls, c.calls.newCall(ctx), func(_ call, kvs []*mvccpb.KeyValue) error {
+		for _, kv := range kvs {
+			values[c.keys.token(kv.Key)] = kvOf(kv)
 		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			values[tokenFor(c.s.prefix, kv.Key)] = kvOf(kv)
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		from = nextKey(resp.Kvs[len(resp.Kvs)-1].Key)
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
 	c.mu.Lock()
 	c.values, c.rev, c.synced = values, rev, true
@@ -236,13 +228,13 @@ func (c *readCache) list(ctx context.Context) (int64, error) {
 func (c *readCache) watch(ctx context.Context, rev int64) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for resp := range c.s.client.Watch(wctx, c.s.prefix, clientv3.WithRange(c.s.end), clientv3.WithRev(rev+1)) {
+	for resp := range c.client.Watch(wctx, c.keys.prefix, clientv3.WithRange(c.keys.end), clientv3.WithRev(rev+1)) {
 		if resp.Err() != nil || resp.Canceled {
 			return
 		}
 		c.mu.Lock()
 		for _, ev := range resp.Events {
-			token := tokenFor(c.s.prefix, ev.Kv.Key)
+			token := c.keys.token(ev.Kv.Key)
 			if ev.Type == clientv3.EventTypeDelete {
 				delete(c.values, token)
 			} else {
@@ -267,14 +259,38 @@ func (c *readCache) unsync() {
 	c.mu.Unlock()
 }
 
+// notifyLocked wakes the reads waiting for the copy; c.mu is held.
 func (c *readCache) notifyLocked() {
 	close(c.changed)
 	c.changed = make(chan struct{})
 }
 
+// read runs f on the copy once it has caught up with a barrier started
+// after the call, and reports false when it could not: the caller then
+// reads from etcd within what is left of rc's deadline.
+func (c *readCache) read(rc call, f func(values map[string]storedKV, rev int64)) bool {
+	c.mu.RLock()
+	synced := c.synced
+	c.mu.RUnlock()
+	if !synced {
+		c.misses.Add(1)
+		return false
+	}
+	rev, err := c.barrier(rc)
+	if err != nil || c.waitRLocked(rc, rev) != nil {
+		c.misses.Add(1)
+		return false
+	}
+	defer c.mu.RUnlock()
+	f(c.values, c.rev)
+	c.hits.Add(1)
+	return true
+}
+
 // barrier returns a revision of etcd's that a linearizable request,
 // started after the call, read, or an error once rc's share of its time
-// passes.
+// passes: a barrier sent to a member that stopped answering would hold
+// the read, which falls back to a Get that tries the other members.
 func (c *readCache) barrier(rc call) (int64, error) {
 	c.bmu.Lock()
 	b := c.next
@@ -286,9 +302,6 @@ func (c *readCache) barrier(rc call) (int64, error) {
 		c.startLocked()
 	}
 	c.bmu.Unlock()
-	// No longer than an attempt's share: a barrier sent to a member that
-	// stopped answering would hold the read, which falls back to a Get
-	// that tries the other members.
 	deadline := time.NewTimer(min(rc.share, time.Until(rc.deadline)))
 	defer deadline.Stop()
 	select {
@@ -311,14 +324,12 @@ func (c *readCache) startLocked() {
 		return
 	}
 	c.inFlight = true
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(c.ctx), c.s.timeout/attemptShare)
+	c.wg.Go(func() {
 		// A count of one key that never exists: linearizable, and it
-		// reads no data. Its readers wait for it no longer than their
-		// own deadlines.
-		resp, err := c.s.client.Get(ctx, c.s.prefix, clientv3.WithCountOnly())
+		// reads no data. It gets an attempt's share of the store's
+		// timeout; its readers wait for it no longer than theirs.
+		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(c.ctx), c.calls.timeout/attemptShare)
+		resp, err := c.client.Get(ctx, c.keys.prefix, clientv3.WithCountOnly())
 		cancel()
 		if err == nil {
 			b.rev = resp.Header.Revision
@@ -331,18 +342,21 @@ func (c *readCache) startLocked() {
 			c.startLocked()
 		}
 		c.bmu.Unlock()
-	}()
+	})
 }
 
 // errNotSynced says the copy cannot serve a read now.
 var errNotSynced = errors.New("read cache not in sync")
 
-// wait returns once the copy has applied every event up to rev, holding
-// the read lock, or an error, without it, when the copy is out of sync or
-// has not caught up within cacheCatchUp or by rc's deadline.
-func (c *readCache) wait(rc call, rev int64) error {
+// waitRLocked returns holding c.mu's read lock once the copy has applied
+// every event up to rev, or returns an error, without the lock, when the
+// copy is out of sync or has not caught up within cacheCatchUp or by rc's
+// deadline.
+func (c *readCache) waitRLocked(rc call, rev int64) error {
 	deadline := time.NewTimer(min(cacheCatchUp, time.Until(rc.deadline)))
 	defer deadline.Stop()
+	ask := time.NewTicker(cacheAskAgain)
+	defer ask.Stop()
 	for {
 		c.mu.RLock()
 		if !c.synced {
@@ -361,9 +375,7 @@ func (c *readCache) wait(rc call, rev int64) error {
 			return rc.ctx.Err()
 		case <-deadline.C:
 			return errNotSynced
-		case <-time.After(50 * time.Millisecond):
-			// The progress request may have crossed a notification:
-			// ask again.
+		case <-ask.C:
 		}
 	}
 }
@@ -378,45 +390,10 @@ func (c *readCache) requestProgress() {
 	if c.closed || c.ctx.Err() != nil || !c.progress.CompareAndSwap(false, true) {
 		return
 	}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
+	c.wg.Go(func() {
 		defer c.progress.Store(false)
 		// The watch's own context, so that the request goes on its
 		// stream (clientv3 keys streams by the context's metadata).
-		c.s.client.RequestProgress(clientv3.WithRequireLeader(c.ctx))
-	}()
-}
-
-// read runs f on the copy once it has caught up with a barrier started
-// after the call, and reports false when it could not: the caller then
-// reads from etcd within what is left of rc's deadline.
-func (c *readCache) read(rc call, f func(values map[string]cachedKV, rev int64)) bool {
-	c.mu.RLock()
-	synced := c.synced
-	c.mu.RUnlock()
-	if !synced {
-		c.misses.Add(1)
-		return false
-	}
-	rev, err := c.barrier(rc)
-	if err != nil || c.wait(rc, rev) != nil {
-		c.misses.Add(1)
-		return false
-	}
-	defer c.mu.RUnlock()
-	f(c.values, c.rev)
-	c.hits.Add(1)
-	return true
-}
-
-// Close stops what the store runs in the background: the watch of
-// WithReadCache. It does not close the etcd client. The store keeps
-// working after Close, reading from etcd. Close is safe to call more
-// than once, and on a store without a read cache.
-func (s *EtcdStore) Close() error {
-	if s.cache != nil {
-		s.cacheOnce.Do(s.cache.close)
-	}
-	return nil
+		c.client.RequestProgress(clientv3.WithRequireLeader(c.ctx))
+	})
 }

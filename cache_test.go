@@ -69,7 +69,7 @@ func TestReadCacheSeesWritesAtOnce(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
 	reader := cachedStore(t, srv.Client(t))
-	writer := NewWithPrefix(srv.Client(t), reader.prefix)
+	writer := NewWithPrefix(srv.Client(t), reader.keys.prefix)
 	const rounds = 2000
 	expiry := time.Now().Add(time.Hour)
 	// Each token is created, overwritten, then deleted, and not used
@@ -112,7 +112,7 @@ func TestReadCacheUnderLeaderLoss(t *testing.T) {
 	t.Parallel()
 	c := etcdtest.StartCluster(t, 3)
 	reader := cachedStore(t, c.Client(t))
-	writer := NewWithPrefix(c.Client(t), reader.prefix)
+	writer := NewWithPrefix(c.Client(t), reader.keys.prefix)
 	expiry := time.Now().Add(time.Hour)
 	var killed atomic.Bool
 	for i := range 1500 {
@@ -150,7 +150,8 @@ func TestReadCacheRelistsAfterCompaction(t *testing.T) {
 	expiry := time.Now().Add(time.Hour)
 	var lists atomic.Int64
 	s := NewWithPrefix(c, testPrefix(t))
-	s.cacheAfterList = func() {
+	s.cache = newReadCache(c, s.keys, s.calls)
+	s.cache.afterList = func() {
 		if lists.Add(1) > 1 {
 			return
 		}
@@ -169,7 +170,7 @@ func TestReadCacheRelistsAfterCompaction(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	s.cache = newReadCache(s)
+	s.cache.start()
 	t.Cleanup(func() { s.Close() })
 	deadline := time.Now().Add(10 * time.Second)
 	for lists.Load() < 2 && time.Now().Before(deadline) {
@@ -203,7 +204,7 @@ func TestReadCacheDeleteEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	other := NewWithPrefix(srv.Client(t), s.prefix[:len(s.prefix)-1]+"-other:")
+	other := NewWithPrefix(srv.Client(t), s.keys.prefix[:len(s.keys.prefix)-1]+"-other:")
 	if err := other.Commit("o", []byte("x"), expiry); err != nil {
 		t.Fatal(err)
 	}
@@ -396,4 +397,28 @@ func TestCachedReadsFailOver(t *testing.T) {
 	}
 	st := s.Stats()
 	t.Logf("%d reads from the cache, %d from etcd, %d retries", st.CacheReads, st.CacheFallbacks, st.Retries)
+}
+
+// TestReadCacheWithAMemberDown: a store started while one of its
+// endpoints' members is down asks the others their version and turns its
+// cache on; it asks the one that was down again before each list.
+func TestReadCacheWithAMemberDown(t *testing.T) {
+	t.Parallel()
+	c := etcdtest.StartCluster(t, 3)
+	down := (c.Leader() + 1) % len(c.Members)
+	c.Stop(down)
+	s := NewWithPrefix(c.Client(t), testPrefix(t), WithReadCache())
+	t.Cleanup(func() { s.Close() })
+	synced(t, s)
+	if err := s.Commit("tok", []byte("x"), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, found, err := s.Find("tok"); err != nil || !found {
+			t.Fatalf("Find = %v, %v", found, err)
+		}
+	}
+	if st := s.Stats(); st.CacheReads == 0 {
+		t.Errorf("no read from the cache with a member down (%d fallbacks)", st.CacheFallbacks)
+	}
 }

@@ -435,13 +435,13 @@ func storedLeases(t *testing.T, cli *clientv3.Client, s *EtcdStore) map[string]c
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), faultWaitTimeout)
 	defer cancel()
-	resp, err := cli.Get(ctx, s.prefix, clientv3.WithRange(s.end))
+	resp, err := cli.Get(ctx, s.keys.prefix, clientv3.WithRange(s.keys.end))
 	if err != nil {
-		t.Fatalf("get %q: %v", s.prefix, err)
+		t.Fatalf("get %q: %v", s.keys.prefix, err)
 	}
 	leases := make(map[string]clientv3.LeaseID)
 	for _, kv := range resp.Kvs {
-		leases[tokenFor(s.prefix, kv.Key)] = clientv3.LeaseID(kv.Lease)
+		leases[tokenFor(s.keys.prefix, kv.Key)] = clientv3.LeaseID(kv.Lease)
 	}
 	return leases
 }

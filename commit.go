@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/status"
 )
 
 // Conditional writes: no attempt lands late.
@@ -47,11 +45,6 @@ import (
 //     the commit is made again on the new revision: concurrent commits of
 //     one session end with one of them, the last, and none fails.
 
-// Commit writes a session, as CommitCtx does with context.Background().
-func (s *EtcdStore) Commit(token string, b []byte, expiry time.Time) error {
-	return s.CommitCtx(context.Background(), token, b, expiry)
-}
-
 // CommitCtx writes the data b of session token, to expire at expiry,
 // replacing any earlier data and expiry. An expiry at or before now
 // deletes the session instead.
@@ -77,12 +70,8 @@ func (s *EtcdStore) Commit(token string, b []byte, expiry time.Time) error {
 // passed before etcd answered; the session may then have been written or
 // not. Other errors are those of the etcd requests.
 func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expiry time.Time) (err error) {
-	s.stats.commits.Add(1)
-	defer func() { s.stats.failed(err) }()
-	if token == "" {
-		return errors.New("etcdstore: commit: empty token")
-	}
-	if len(token) > MaxTokenLen {
+	defer s.stats.begin(&s.stats.commits, &s.stats.latency.commit).end(&err)
+	if !validToken(token) {
 		return fmt.Errorf("etcdstore: commit: token of %d bytes is longer than MaxTokenLen (%d)", len(token), MaxTokenLen)
 	}
 	now := s.now()
@@ -92,11 +81,11 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 	if expiry.After(latestExpiry) {
 		return fmt.Errorf("etcdstore: commit: expiry %s is after the latest the store can keep, %s", expiry.UTC().Format(time.RFC3339), latestExpiry.UTC().Format(time.RFC3339))
 	}
-	if err := s.clientErr(); err != nil {
+	if err := clientErr(s.client); err != nil {
 		return fmt.Errorf("etcdstore: commit: %w", err)
 	}
 
-	seen, known := s.memory.get(token)
+	seen, known := s.tokens.last(token)
 	switch planCommit(seen, known, now, expiry, s.touch) {
 	case commitRefuse:
 		s.stats.refused.Add(1)
@@ -107,15 +96,15 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 			return nil
 		}
 	}
-	w := &pendingCommit{token: token, key: keyFor(s.prefix, token), value: encodeEnvelope(expiry, b),
+	w := &pendingCommit{token: token, key: s.keys.key(token), value: encodeEnvelope(expiry, b),
 		now: now, expiry: expiry, base: seen, baseKnown: known, rev: seen.rev}
 	if !known {
 		w.rev = 0
 	}
-	if s.principalKey != "" {
-		w.principal, w.hasPrincipal, w.sums = s.principalFor(seen, known, b)
+	if s.index != nil {
+		w.principal, w.hasPrincipal, w.digests = s.index.of(seen, known, b)
 	}
-	return s.commit(s.newCall(ctx), w)
+	return s.commit(s.calls.newCall(ctx), w)
 }
 
 // commitPlan is what a commit does before any request.
@@ -130,7 +119,7 @@ const (
 // planCommit decides what a commit of a session to expire at expiry does,
 // at now, from what the store last saw of its token (seen, if known) and
 // the touch interval d (0: none). It does no I/O.
-func planCommit(seen sighting, known bool, now, expiry time.Time, d time.Duration) commitPlan {
+func planCommit(seen tokenState, known bool, now, expiry time.Time, d time.Duration) commitPlan {
 	switch {
 	case known && !seen.stored:
 		return commitRefuse
@@ -148,14 +137,14 @@ type pendingCommit struct {
 	// base is what the commit is made against, if baseKnown: the stored
 	// session whose mod revision is rev (0: none) and whose principal's
 	// index entry a change of principal removes.
-	base      sighting
+	base      tokenState
 	baseKnown bool
 	rev       int64
 	// principal is the one the session's data names, if hasPrincipal
-	// (WithPrincipal), and sums the digests to remember with it.
+	// (WithPrincipal), and digests those to remember with it.
 	principal    string
 	hasPrincipal bool
-	sums         [2]uint64
+	digests      [2]uint64
 	// uncertain is set once an attempt failed in a way that leaves
 	// unknown whether etcd applied it.
 	uncertain bool
@@ -174,7 +163,7 @@ func (s *EtcdStore) commit(c call, w *pendingCommit) error {
 			return commitError(err)
 		}
 		if resp.Succeeded {
-			s.memory.saw(w.token, s.wrote(w, resp.Header.Revision))
+			s.tokens.record(w.token, s.wrote(w, resp.Header.Revision))
 			return nil
 		}
 		var cur *mvccpb.KeyValue
@@ -184,10 +173,10 @@ func (s *EtcdStore) commit(c call, w *pendingCommit) error {
 		switch afterConflict(cur, w.value, w.uncertain) {
 		case conflictDeleted:
 			s.stats.refused.Add(1)
-			s.memory.sawGone(w.token, resp.Header.Revision)
+			s.tokens.recordGone(w.token, resp.Header.Revision)
 			return nil
 		case conflictLanded:
-			s.memory.saw(w.token, s.wrote(w, cur.ModRevision))
+			s.tokens.record(w.token, s.wrote(w, cur.ModRevision))
 			return nil
 		case conflictMaybeLanded:
 			landed, err := s.landedEarlier(c, w, cur)
@@ -195,29 +184,28 @@ func (s *EtcdStore) commit(c call, w *pendingCommit) error {
 				return commitError(err)
 			}
 			if landed {
-				s.memory.saw(w.token, s.sightingOf(cur))
+				s.tokens.record(w.token, s.stateOf(cur))
 				return nil
 			}
 		}
 		// Another commit of the session came first: last writer wins. The
 		// attempts so far compared an older revision: none can land now.
 		s.stats.conflicts.Add(1)
-		w.base, w.baseKnown, w.rev = s.sightingOf(cur), true, cur.ModRevision
+		w.base, w.baseKnown, w.rev = s.stateOf(cur), true, cur.ModRevision
 		w.uncertain = false
 	}
 }
 
 // tryCommit makes w's Txn within c, as many times as c allows, and
 // returns etcd's answer.
-func (s *EtcdStore) tryCommit(c call, w *pendingCommit) (resp *clientv3.TxnResponse, err error) {
-	err = s.do(c, func(ctx context.Context) (err error) {
-		resp, err = s.writeOnce(ctx, w)
+func (s *EtcdStore) tryCommit(c call, w *pendingCommit) (*clientv3.TxnResponse, error) {
+	return retryValue(s.calls, c, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+		resp, err := s.writeOnce(ctx, w)
 		if err != nil {
 			w.uncertain = true
 		}
-		return err
+		return resp, err
 	})
-	return resp, err
 }
 
 // writeOnce makes one attempt of w: a Txn that puts the session on a
@@ -232,8 +220,8 @@ func (s *EtcdStore) writeOnce(ctx context.Context, w *pendingCommit) (*clientv3.
 			return nil, err
 		}
 		ops := []clientv3.Op{clientv3.OpPut(w.key, w.value, clientv3.WithLease(id))}
-		if s.principalKey != "" {
-			ops = append(ops, s.indexOps(w.token, w.base, w.baseKnown, w.principal, w.hasPrincipal, id)...)
+		if s.index != nil {
+			ops = append(ops, s.index.ops(w.token, w.base, w.baseKnown, w.principal, w.hasPrincipal, id)...)
 		}
 		resp, err := s.client.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(w.key), "=", w.rev)).
@@ -290,10 +278,8 @@ const historyDepth = 8
 // concurrent commit that came after its own landed.
 func (s *EtcdStore) landedEarlier(c call, w *pendingCommit, cur *mvccpb.KeyValue) (bool, error) {
 	if w.rev == 0 {
-		var resp *clientv3.GetResponse
-		err := s.do(c, func(ctx context.Context) (err error) {
-			resp, err = s.client.Get(ctx, w.key, clientv3.WithRev(cur.CreateRevision))
-			return err
+		resp, err := retryValue(s.calls, c, func(ctx context.Context) (*clientv3.GetResponse, error) {
+			return s.client.Get(ctx, w.key, clientv3.WithRev(cur.CreateRevision))
 		})
 		switch {
 		case errors.Is(err, rpctypes.ErrCompacted):
@@ -305,10 +291,8 @@ func (s *EtcdStore) landedEarlier(c call, w *pendingCommit, cur *mvccpb.KeyValue
 	}
 	rev := cur.ModRevision
 	for range historyDepth {
-		var resp *clientv3.GetResponse
-		err := s.do(c, func(ctx context.Context) (err error) {
-			resp, err = s.client.Get(ctx, w.key, clientv3.WithRev(rev-1))
-			return err
+		resp, err := retryValue(s.calls, c, func(ctx context.Context) (*clientv3.GetResponse, error) {
+			return s.client.Get(ctx, w.key, clientv3.WithRev(rev-1))
 		})
 		switch {
 		case errors.Is(err, rpctypes.ErrCompacted):
@@ -325,31 +309,31 @@ func (s *EtcdStore) landedEarlier(c call, w *pendingCommit, cur *mvccpb.KeyValue
 	return false, nil
 }
 
-// wrote is the sighting of w's session as written at revision rev.
-func (s *EtcdStore) wrote(w *pendingCommit, rev int64) sighting {
-	seen := sighting{rev: rev, stored: true, expiry: w.expiry}
+// wrote is the state of w's session as written at revision rev.
+func (s *EtcdStore) wrote(w *pendingCommit, rev int64) tokenState {
+	seen := tokenState{rev: rev, stored: true, expiry: w.expiry}
 	if s.touch > 0 {
 		seen.data, seen.hasData = w.value[envelopeHeader:], true
 	}
-	if s.principalKey != "" {
-		seen.indexed, seen.indexKnown, seen.sums = w.principal, true, w.sums
+	if s.index != nil {
+		seen.principal, seen.principalKnown, seen.digests = w.principal, true, w.digests
 	}
 	return seen
 }
 
-// sightingOf is the sighting of a stored session kv, which is no
-// tombstone: its revision, expiry, and principal (WithPrincipal). A value
-// that does not decode has no expiry and no principal.
-func (s *EtcdStore) sightingOf(kv *mvccpb.KeyValue) sighting {
-	seen := sighting{rev: kv.ModRevision, stored: true}
+// stateOf is the state of a stored session kv, which is no tombstone: its
+// revision, expiry, and principal (WithPrincipal). A value that does not
+// decode has no expiry and no principal.
+func (s *EtcdStore) stateOf(kv *mvccpb.KeyValue) tokenState {
+	seen := tokenState{rev: kv.ModRevision, stored: true}
 	expiry, _, data, err := decodeEnvelope(kv.Value)
 	if err != nil {
 		return seen
 	}
 	seen.expiry = expiry
-	if s.principalKey != "" {
-		seen.indexed, _ = s.principalOf(data)
-		seen.indexKnown = true
+	if s.index != nil {
+		seen.principal, _ = s.index.decode(data)
+		seen.principalKnown = true
 	}
 	return seen
 }
@@ -358,42 +342,32 @@ func (s *EtcdStore) sightingOf(kv *mvccpb.KeyValue) sighting {
 // its data or their known alternative, or the same deadline and values as
 // the codec decodes them, in which case b becomes the alternative. Data
 // the codec cannot decode counts as changed.
-func (s *EtcdStore) unchanged(token string, seen sighting, b []byte) bool {
+func (s *EtcdStore) unchanged(token string, seen tokenState, b []byte) bool {
 	if string(b) == seen.data || (seen.alt != "" && string(b) == seen.alt) {
 		return true
 	}
 	deadline, values, err := s.codec.Decode(b)
 	if err != nil {
+		s.stats.codecErrors.Add(1)
 		return false
 	}
 	storedDeadline, storedValues, err := s.codec.Decode([]byte(seen.data))
-	if err != nil || !deadline.Equal(storedDeadline) || !reflect.DeepEqual(values, storedValues) {
+	if err != nil {
+		s.stats.codecErrors.Add(1)
 		return false
 	}
-	s.memory.sawAlt(token, seen.rev, string(b))
+	if !deadline.Equal(storedDeadline) || !reflect.DeepEqual(values, storedValues) {
+		return false
+	}
+	s.tokens.recordAlt(token, seen.rev, string(b))
 	return true
 }
 
-// tooLargeError is the error of a commit of size bytes of key and value
-// that etcd refused for its size, naming the limit that refused it: the
-// client's own send limit, whose gRPC error says "trying to send"
-// (grpc-go rpc_util.go), or else the server's.
-func tooLargeError(err error, size int) error {
-	limit := "the server's --max-request-bytes (default 1.5 MiB)"
-	if !errors.Is(err, rpctypes.ErrRequestTooLarge) && strings.Contains(status.Convert(err).Message(), "trying to send") {
-		limit = "the client's send limit, clientv3.Config.MaxCallSendMsgSize (default 2 MiB)"
-	}
-	return fmt.Errorf("%w: commit of a %d-byte key and value refused by %s; raise it or keep less in the session: %w", ErrValueTooLarge, size, limit, err)
-}
-
-// commitError wraps an error of the etcd requests of a commit. etcd out
-// of space gets the way out in its message: etcd refuses every write once
-// its database file reaches --quota-backend-bytes, and keeps refusing
-// after space is freed until its NOSPACE alarm is disarmed (etcd docs,
-// "Maintenance": https://etcd.io/docs/v3.6/op-guide/maintenance/).
-func commitError(err error) error {
-	if errors.Is(err, rpctypes.ErrNoSpace) {
-		return fmt.Errorf("etcdstore: commit: etcd is out of space (its database reached --quota-backend-bytes and it raised the NOSPACE alarm); compact its history (etcdctl compact), defragment (etcdctl defrag), then run etcdctl alarm disarm, and turn on auto-compaction: %w", err)
-	}
-	return fmt.Errorf("etcdstore: commit: %w", err)
+// touchable reports whether a commit of unchanged data, to expire at
+// expiry, may leave the stored session, which expires at stored, as it
+// is: when the stored expiry has not passed at now, and the new expiry is
+// no earlier than it and less than d later. The session then expires up
+// to d earlier than the commit asked, never later. d <= 0 means never.
+func touchable(now, stored, expiry time.Time, d time.Duration) bool {
+	return d > 0 && stored.After(now) && !expiry.Before(stored) && expiry.Sub(stored) < d
 }

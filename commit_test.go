@@ -15,21 +15,21 @@ import (
 func TestPlanCommit(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	expiry := now.Add(time.Hour)
-	stored := sighting{rev: 7, stored: true, expiry: expiry.Add(-time.Minute), data: "d", hasData: true}
+	stored := tokenState{rev: 7, stored: true, expiry: expiry.Add(-time.Minute), data: "d", hasData: true}
 	noData := stored
 	noData.data, noData.hasData = "", false
 	expired := stored
 	expired.expiry = now.Add(-time.Second)
 	for _, tc := range []struct {
 		name  string
-		seen  sighting
+		seen  tokenState
 		known bool
 		touch time.Duration
 		want  commitPlan
 	}{
-		{"unknown token", sighting{}, false, 10 * time.Minute, commitWrite},
-		{"seen deleted", sighting{rev: 9}, true, 0, commitRefuse},
-		{"seen deleted, touch on", sighting{rev: 9}, true, 10 * time.Minute, commitRefuse},
+		{"unknown token", tokenState{}, false, 10 * time.Minute, commitWrite},
+		{"seen deleted", tokenState{rev: 9}, true, 0, commitRefuse},
+		{"seen deleted, touch on", tokenState{rev: 9}, true, 10 * time.Minute, commitRefuse},
 		{"seen stored, no touch interval", stored, true, 0, commitWrite},
 		{"seen stored, expiry moves less than the interval", stored, true, 10 * time.Minute, commitTouch},
 		{"seen stored, expiry moves more than the interval", stored, true, 30 * time.Second, commitWrite},
@@ -72,7 +72,7 @@ func TestTombstone(t *testing.T) {
 	if want := encodeEnvelope(time.Unix(0, 0), nil); tombstone != want {
 		t.Fatalf("tombstone = %q, want %q", tombstone, want)
 	}
-	if _, _, live, err := open([]byte(tombstone), time.Unix(0, 1)); live || err != nil {
+	if _, _, live, err := decodeStored([]byte(tombstone), time.Unix(0, 1)); live || err != nil {
 		t.Fatalf("open(tombstone) = live %v, %v; want expired", live, err)
 	}
 	for _, v := range []string{
@@ -134,7 +134,7 @@ func TestLandedEarlier(t *testing.T) {
 		{"a create that never landed", []string{"theirs", "ours?", "again"}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			key := s.prefix + t.Name()
+			key := s.keys.prefix + t.Name()
 			w := &pendingCommit{key: key, value: "ours"}
 			switch {
 			case strings.HasPrefix(tc.name, "a create"):
@@ -151,7 +151,7 @@ func TestLandedEarlier(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			got, err := s.landedEarlier(s.newCall(context.Background()), w, cur)
+			got, err := s.landedEarlier(s.calls.newCall(context.Background()), w, cur)
 			if err != nil || got != tc.want {
 				t.Fatalf("landedEarlier = %v, %v; want %v", got, err, tc.want)
 			}
@@ -182,7 +182,7 @@ func TestCommitOfUnknownFate(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			token := t.Name()
-			key := s.prefix + token
+			key := s.keys.prefix + token
 			base := keyHistory(t, c, key, encodeEnvelope(expiry, []byte("base")))[0]
 			if tc.landed {
 				keyHistory(t, c, key, ours)
@@ -190,7 +190,7 @@ func TestCommitOfUnknownFate(t *testing.T) {
 			keyHistory(t, c, key, theirs)
 			w := &pendingCommit{token: token, key: key, value: ours, now: time.Now(), expiry: expiry, rev: base, uncertain: tc.uncertain}
 			conflicts := s.Stats().CommitConflicts
-			if err := s.commit(s.newCall(context.Background()), w); err != nil {
+			if err := s.commit(s.calls.newCall(context.Background()), w); err != nil {
 				t.Fatal(err)
 			}
 			if got := string(currentKV(t, c, key).Value); got != tc.want {
@@ -210,7 +210,7 @@ func TestCommitOfUnknownFate(t *testing.T) {
 func TestConcurrentCommitsLastWriterWins(t *testing.T) {
 	t.Parallel()
 	a, c := newStore(t)
-	b := NewWithPrefix(c, a.prefix)
+	b := NewWithPrefix(c, a.keys.prefix)
 	expiry := time.Now().Add(time.Hour)
 	if err := a.Commit("tok", []byte("v0"), expiry); err != nil {
 		t.Fatal(err)
@@ -226,7 +226,7 @@ func TestConcurrentCommitsLastWriterWins(t *testing.T) {
 	if err := b.Commit("tok", []byte("second"), expiry); err != nil {
 		t.Fatal(err)
 	}
-	if got, _, _ := NewWithPrefix(c, a.prefix).Find("tok"); string(got) != "second" {
+	if got, _, _ := NewWithPrefix(c, a.keys.prefix).Find("tok"); string(got) != "second" {
 		t.Fatalf("Find = %q, want the last commit's, second", got)
 	}
 	if got := b.Stats().CommitConflicts; got != 1 {

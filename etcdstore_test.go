@@ -57,7 +57,7 @@ func ctxFor(t *testing.T) context.Context {
 // rawValue returns what etcd holds at the session's key, or nil.
 func rawValue(t *testing.T, c *clientv3.Client, s *EtcdStore, token string) *rawKV {
 	t.Helper()
-	resp, err := c.Get(ctxFor(t), s.prefix+token)
+	resp, err := c.Get(ctxFor(t), s.keys.prefix+token)
 	if err != nil {
 		t.Fatalf("raw get %q: %v", token, err)
 	}
@@ -101,7 +101,7 @@ func TestCommitFindDelete(t *testing.T) {
 	// at least until the expiry.
 	kv := rawValue(t, c, s, "tok")
 	if kv == nil || kv.lease == 0 {
-		t.Fatalf("key %q: %+v, want a value on a lease", s.prefix+"tok", kv)
+		t.Fatalf("key %q: %+v, want a value on a lease", s.keys.prefix+"tok", kv)
 	}
 	gotExpiry, ok, data, err := decodeEnvelope(kv.value)
 	if err != nil || !ok || !gotExpiry.Equal(expiry) || string(data) != "hello" {
@@ -237,7 +237,6 @@ func TestCommitRejects(t *testing.T) {
 		expiry      time.Time
 		want        string
 	}{
-		{"empty token", "", time.Now().Add(time.Hour), "empty token"},
 		{"long token", long, time.Now().Add(time.Hour), "longer than MaxTokenLen"},
 		{"expiry after 2262", "tok", time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC), "after the latest"},
 	}
@@ -249,7 +248,7 @@ func TestCommitRejects(t *testing.T) {
 			}
 		})
 	}
-	resp, err := c.Get(ctxFor(t), s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, err := c.Get(ctxFor(t), s.keys.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil || resp.Count != 0 {
 		t.Fatalf("rejected commits wrote %d keys (err %v)", resp.Count, err)
 	}
@@ -264,15 +263,15 @@ func TestCommitRejects(t *testing.T) {
 }
 
 // TestInvalidTokensNeedNoRequest: Find and Delete answer for tokens no
-// session can have without asking etcd, so they work even on a closed
-// client.
+// session can have, longer than MaxTokenLen, without asking etcd, so they
+// work even on a closed client.
 func TestInvalidTokensNeedNoRequest(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
 	c := srv.Client(t)
 	s := New(c)
 	c.Close()
-	for _, token := range []string{"", strings.Repeat("x", MaxTokenLen+1), strings.Repeat("x", 1<<20)} {
+	for _, token := range []string{strings.Repeat("x", MaxTokenLen+1), strings.Repeat("x", 1<<20)} {
 		if b, found, err := s.Find(token); b != nil || found || err != nil {
 			t.Errorf("Find(%d bytes) = %v, %v, %v; want nil, false, nil", len(token), b, found, err)
 		}
@@ -362,7 +361,7 @@ func TestAllIsOneSnapshot(t *testing.T) {
 		}
 	}
 	pages := 0
-	s.afterPage = func() {
+	s.keys.betweenPages = func() {
 		pages++
 		if pages%2 == 1 {
 			move("a", "z")
@@ -413,7 +412,7 @@ func TestAllRestartsAfterCompaction(t *testing.T) {
 	}
 
 	compactions := 0
-	s.afterPage = func() {
+	s.keys.betweenPages = func() {
 		if compactions == 0 {
 			compactions++
 			compact()
@@ -424,13 +423,13 @@ func TestAllRestartsAfterCompaction(t *testing.T) {
 		t.Fatalf("one compaction: All = %d sessions, %v; want 6, nil", len(all), err)
 	}
 
-	s.afterPage = compact // every page
+	s.keys.betweenPages = compact // every page
 	_, err = s.All()
 	if !errors.Is(err, rpctypes.ErrCompacted) || !strings.HasPrefix(err.Error(), "etcdstore: ") {
 		t.Fatalf("repeated compactions: All error = %v, want an etcdstore: error wrapping ErrCompacted", err)
 	}
 
-	s.afterPage = nil
+	s.keys.betweenPages = nil
 	if all, err := s.All(); err != nil || len(all) != 6 {
 		t.Fatalf("after the compactions: All = %d sessions, %v; want 6, nil", len(all), err)
 	}
@@ -449,7 +448,7 @@ func TestLegacyValue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Put(ctx, s.prefix+"old", string(legacy), clientv3.WithLease(lease.ID)); err != nil {
+	if _, err := c.Put(ctx, s.keys.prefix+"old", string(legacy), clientv3.WithLease(lease.ID)); err != nil {
 		t.Fatal(err)
 	}
 	b, found, err := s.Find("old")
@@ -477,7 +476,7 @@ func TestLegacyValueExpires(t *testing.T) {
 	}
 	// The lease ends no later than 2 s after the grant's answer.
 	end := time.Now().Add(time.Duration(lease.TTL) * time.Second)
-	if _, err := c.Put(ctx, s.prefix+"old", "legacy", clientv3.WithLease(lease.ID)); err != nil {
+	if _, err := c.Put(ctx, s.keys.prefix+"old", "legacy", clientv3.WithLease(lease.ID)); err != nil {
 		t.Fatal(err)
 	}
 	if _, found, err := s.Find("old"); err != nil || !found {
@@ -512,7 +511,7 @@ func TestCorruptEnvelope(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, bad := range []string{envelopeMagic, envelopeMagic + "\x01short", envelopeMagic + "\x09" + strings.Repeat("\x00", 8)} {
-		if _, err := c.Put(ctx, s.prefix+"bad", bad); err != nil {
+		if _, err := c.Put(ctx, s.keys.prefix+"bad", bad); err != nil {
 			t.Fatal(err)
 		}
 		if _, found, err := s.Find("bad"); err == nil || found || !strings.HasPrefix(err.Error(), "etcdstore: corrupt session value") {
@@ -579,7 +578,7 @@ func TestClosedClient(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
 	c := srv.Client(t)
-	s := New(c)
+	s := New(c, WithPrincipal("user"))
 	if err := s.Commit("tok", []byte("x"), time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
@@ -591,6 +590,8 @@ func TestClosedClient(t *testing.T) {
 	}
 	_, _, errs["Find"] = s.FindCtx(ctx, "tok")
 	_, errs["All"] = s.AllCtx(ctx)
+	_, errs["FindByPrincipal"] = s.FindByPrincipal(ctx, "ann")
+	_, errs["DeleteByPrincipal"] = s.DeleteByPrincipal(ctx, "ann")
 	for op, err := range errs {
 		if err == nil || !strings.HasPrefix(err.Error(), "etcdstore: ") || !errors.Is(err, ErrClientClosed) || !errors.Is(err, context.Canceled) {
 			t.Errorf("%s on a closed client = %v, want an etcdstore: error wrapping ErrClientClosed and context.Canceled", op, err)
@@ -651,12 +652,33 @@ func TestConstructors(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
 	c := srv.Client(t)
-	if s := New(c); s.prefix != "scs:session:" || s.end != "scs:session;" {
-		t.Errorf("New: prefix %q, range end %q", s.prefix, s.end)
+	if s := New(c); s.keys.prefix != "scs:session:" || s.keys.end != "scs:session;" {
+		t.Errorf("New: prefix %q, range end %q", s.keys.prefix, s.keys.end)
 	}
 	s := NewWithPrefix(c, "p:", WithPageSize(-1), WithMaxKeysPerLease(0), WithLeaseBucket(-time.Second))
-	if s.pageSize != defaultPageSize || s.leases.maxKeys != defaultMaxKeysPerLease || s.leases.fixed > 0 {
-		t.Errorf("non-positive options: page %d, keys %d, bucket %v; want the defaults", s.pageSize, s.leases.maxKeys, s.leases.fixed)
+	if s.keys.pageSize != defaultPageSize || s.leases.maxKeys != defaultMaxKeysPerLease || s.leases.fixed > 0 {
+		t.Errorf("non-positive options: page %d, keys %d, bucket %v; want the defaults", s.keys.pageSize, s.leases.maxKeys, s.leases.fixed)
 	}
-	// The panics: TestConstructorPanics.
+	// The panics: TestConstructorPanics; the defaults: TestWithDefaults.
+}
+
+// TestWithDefaults: every option left out, zero or negative gets its
+// default; the others stay as set.
+func TestWithDefaults(t *testing.T) {
+	codec := scs.GobCodec{}
+	defaults := options{maxKeys: 1000, pageSize: 1000, codec: codec, remembered: 100_000, timeout: 5 * time.Second}
+	for _, tc := range []struct {
+		name string
+		in   options
+		want options
+	}{
+		{"none", options{}, defaults},
+		{"negative", options{bucket: -1, maxKeys: -1, pageSize: -1, touch: -1, remembered: -1, timeout: -1}, defaults},
+		{"set", options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true},
+			options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true}},
+	} {
+		if got := tc.in.withDefaults(); got != tc.want {
+			t.Errorf("%s: withDefaults() = %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
 }

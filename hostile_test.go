@@ -166,17 +166,19 @@ func hostileTokens(m map[string][]byte) []string {
 
 // TestHostileTokens commits, finds, lists and deletes sessions whose
 // tokens hold bytes that could escape the prefix or confuse a key
-// scheme. Every token up to MaxTokenLen is just a name: it round-trips
-// exactly, as a key inside the prefix range. Empty and over-long tokens
-// are refused as SCS's Store contract says: an error from Commit, found
-// false from Find, nil from Delete. Nothing else in etcd changes.
+// scheme. Every token up to MaxTokenLen, the empty one included, is just
+// a name: it round-trips exactly, as a key inside the prefix range.
+// Over-long tokens are refused as SCS's Store contract says: an error
+// from Commit, found false from Find, nil from Delete. Nothing else in
+// etcd changes.
 func TestHostileTokens(t *testing.T) {
 	t.Parallel()
 	e := newHostileEnv(t)
-	prefix := e.s.prefix
+	prefix := e.s.keys.prefix
 	valid := []struct {
 		name, token string
 	}{
+		{"empty", ""},
 		{"NUL inside", "a\x00b"},
 		{"NUL only", "\x00"},
 		{"NULs", "\x00\x00\x00"},
@@ -234,7 +236,6 @@ func TestHostileTokens(t *testing.T) {
 	invalid := []struct {
 		name, token string
 	}{
-		{"empty", ""},
 		{"MaxTokenLen+1", strings.Repeat("a", MaxTokenLen+1)},
 		{"1 MiB", strings.Repeat("\xff", 1<<20)},
 		{"1 MiB beginning with the bystander's", "bystander" + strings.Repeat("\x00", 1<<20)},
@@ -306,7 +307,7 @@ func TestHostileValues(t *testing.T) {
 	// of the request's own framing: a conditional Txn's, which names the
 	// key three times (its compare, its put and its Else branch's get).
 	// One byte more is refused.
-	key := len(e.s.prefix) + len("edge")
+	key := len(e.s.keys.prefix) + len("edge")
 	lo, hi := 0, hostileMaxRequestBytes-key-envelopeHeader+1 // lo fits, hi does not
 	for hi-lo > 1 {
 		mid := (lo + hi) / 2
@@ -337,7 +338,7 @@ func TestHostileValues(t *testing.T) {
 	// A client whose own send limit is below the server's.
 	const clientLimit = 16 << 10
 	small := etcdtest.NewClient(t, clientv3.Config{Endpoints: e.srv.Endpoints(), MaxCallSendMsgSize: clientLimit})
-	smallStore := NewWithPrefix(small, e.s.prefix)
+	smallStore := NewWithPrefix(small, e.s.keys.prefix)
 
 	e.want["tok"] = []byte("kept")
 	e.commit(e.s, "tok", e.want["tok"])
@@ -365,7 +366,7 @@ func TestHostileValues(t *testing.T) {
 		if !tt.server && status.Code(err) != codes.ResourceExhausted {
 			t.Errorf("#%d: %s: Commit = %v, want it to wrap a ResourceExhausted status", i, tt.name, err)
 		}
-		size := len(e.s.prefix) + len("tok") + envelopeHeader + tt.size
+		size := len(e.s.keys.prefix) + len("tok") + envelopeHeader + tt.size
 		for _, want := range []string{tt.limit, fmt.Sprint(size)} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("#%d: %s: error %q does not say %q", i, tt.name, err, want)
@@ -449,7 +450,7 @@ func TestExpiryNearLatestKeepsLease(t *testing.T) {
 		e.want[tok] = data
 		e.check(fmt.Sprintf("Commit with expiry %v", expiry))
 
-		raw, err := e.c.Get(ctx, e.s.prefix+tok)
+		raw, err := e.c.Get(ctx, e.s.keys.prefix+tok)
 		if err != nil || len(raw.Kvs) != 1 {
 			t.Fatalf("#%d: get the key: %v, %v", i, raw, err)
 		}
@@ -506,7 +507,7 @@ func TestHostilePrefixes(t *testing.T) {
 		hostileCheckStore(t, "the deletes", fmt.Sprintf("store on %q", p), stores[i], map[string][]byte{})
 		for _, q := range stores[i+1:] {
 			if all, err := q.All(); err != nil || len(all) != len(tokens) {
-				t.Fatalf("deleting the sessions under %q left %d sessions under %q, %v; want %d", p, len(all), q.prefix, err, len(tokens))
+				t.Fatalf("deleting the sessions under %q left %d sessions under %q, %v; want %d", p, len(all), q.keys.prefix, err, len(tokens))
 			}
 		}
 	}

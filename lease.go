@@ -39,10 +39,6 @@ const (
 	// bucketFraction is the inverse of the share of a session's remaining
 	// lifetime that its bucket may span.
 	bucketFraction = 20
-	// defaultMaxKeysPerLease caps the keys attached to one lease, as
-	// Kubernetes does (kubernetes#96836): revoking a lease deletes all its
-	// keys in one backend transaction.
-	defaultMaxKeysPerLease = 1000
 	// shareAttempts bounds how often a commit waits on a shared grant
 	// whose lease other commits then fill before falling back to a grant
 	// of its own.
@@ -201,6 +197,19 @@ type leaseManager struct {
 
 	mu    sync.Mutex // protects table
 	table leaseTable
+}
+
+// newLeaseManager returns a manager of leases from lease, with buckets of
+// width fixed (0: adaptive) and at most maxKeys keys a lease.
+func newLeaseManager(lease clientv3.Lease, fixed time.Duration, maxKeys int) *leaseManager {
+	start := time.Now()
+	return &leaseManager{
+		lease:    lease,
+		fixed:    fixed,
+		maxWidth: defaultMaxBucket,
+		maxKeys:  maxKeys,
+		mono:     func() time.Duration { return time.Since(start) },
+	}
 }
 
 // acquire returns a lease that outlives expiry, as the wall clock reads

@@ -334,7 +334,7 @@ func TestMaxKeysPerLease(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	resp, err := c.Get(ctxFor(t), s.prefix, clientv3.WithPrefix())
+	resp, err := c.Get(ctxFor(t), s.keys.prefix, clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -220,7 +220,7 @@ func netLoad(t *testing.T, c *etcdtest.Cluster, apps [2]*EtcdStore, hold time.Du
 	t.Logf("%d operations, %d during the %v fault, %d failed (writes of unknown outcome are kept)", r.ops.Load(), during, hold, r.failures.Load())
 
 	time.Sleep(netSettle)
-	reader := NewWithPrefix(c.Client(t), apps[0].prefix)
+	reader := NewWithPrefix(c.Client(t), apps[0].keys.prefix)
 	r.tokens.Range(func(k, _ any) bool {
 		r.op(reader, id, regInput{op: regFind, token: k.(string)})
 		return true

@@ -6,14 +6,16 @@ import clientv3 "go.etcd.io/etcd/client/v3"
 // accepts. SCS tokens are 43 bytes (base64url of 32 random bytes, or of a
 // SHA-256 hash with HashTokenInStore), so the bound leaves room for custom
 // token schemes while keeping keys small. Find and Delete treat a longer
-// token as absent without asking etcd; Commit rejects it.
+// token as absent without asking etcd; Commit rejects it. The empty token
+// is a token like any other, whose key is the prefix itself, as in SCS's
+// memstore and the store this one replaces.
 const MaxTokenLen = 256
 
-// validToken reports whether token can name a session: not empty and no
-// longer than MaxTokenLen. Any bytes are allowed, since the key is always
+// validToken reports whether token can name a session: no longer than
+// MaxTokenLen. Any bytes are allowed, since the key is always
 // prefix+token and so never leaves the prefix range.
 func validToken(token string) bool {
-	return token != "" && len(token) <= MaxTokenLen
+	return len(token) <= MaxTokenLen
 }
 
 // keyFor maps a token to its etcd key.

@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash/maphash"
 	"strconv"
 	"strings"
 
+	"github.com/alexedwards/scs/v2"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -44,52 +44,55 @@ import (
 
 // PrincipalIndexRoot is the key prefix under which every store keeps its
 // principal index (see WithPrincipal). With etcd authentication on, a
-// store's user needs readwrite on PrincipalIndexRange(prefix) as well as
+// store's user needs readwrite on PrincipalIndexPrefix(prefix) as well as
 // on its session prefix.
 const PrincipalIndexRoot = "etcdstore/principal/"
 
 // maxTxnOps is etcd's default --max-txn-ops, the most operations one Txn
-// may hold in its Then branch (and the most compares); DeleteByPrincipal
-// splits its deletes into Txns that fit it.
+// may hold in a branch, and the most compares (server/etcdserver/api/
+// v3rpc/key.go, checkTxnRequest); the principal calls split their
+// requests into Txns that fit it.
 const maxTxnOps = 128
 
 // deletePasses bounds how often DeleteByPrincipal reads the index again
 // after a concurrent change made one of its Txns fail.
 const deletePasses = 5
 
-// PrincipalIndexRange returns the key prefix of the principal index of a
-// store whose sessions are under prefix.
-func PrincipalIndexRange(prefix string) string {
+// PrincipalIndexPrefix returns the key prefix of the principal index of a
+// store whose sessions are under prefix: the range, for an etcd role, is
+// every key that begins with it.
+func PrincipalIndexPrefix(prefix string) string {
 	return PrincipalIndexRoot + strconv.Itoa(len(prefix)) + ":" + prefix + "/"
 }
 
-// WithPrincipal makes the store keep an index of sessions by principal:
-// the string form (fmt.Sprint) of the session value under key, as the
-// codec (WithCodec) decodes the data, such as the user ID an app puts
-// into the session at login. A session without the key, with a nil value
-// or one whose string form is empty, or whose data the codec cannot
-// decode, has no principal. FindByPrincipal and DeleteByPrincipal need it.
+// PrincipalIndexRange is PrincipalIndexPrefix, under its earlier name.
 //
-// SCS holds a session's lock while it commits, so the store decodes the
-// data it is given rather than asking the session manager. With it, a
-// Find decodes the session too, to know what to remove from the index
-// when the session changes hands or is deleted, and a commit of a session
-// with a principal is one Txn that writes two keys.
-func WithPrincipal(key string) Option {
-	return func(o *options) { o.principal = key }
+// Deprecated: use PrincipalIndexPrefix, which says what it returns.
+func PrincipalIndexRange(prefix string) string { return PrincipalIndexPrefix(prefix) }
+
+// principalIndex is a store's index of sessions by principal: how it reads
+// a session's principal and the keys and operations of its entries. It
+// does no I/O and is safe for concurrent use by multiple goroutines.
+type principalIndex struct {
+	key    string // WithPrincipal's
+	codec  scs.Codec
+	seed   maphash.Seed // of the digests of session data
+	prefix string       // PrincipalIndexPrefix of the session prefix
+	stats  *stats       // counts the data the codec cannot decode
 }
 
-// principalOf returns the principal that data names under the store's
-// principal key, and whether it names one.
-func (s *EtcdStore) principalOf(data []byte) (string, bool) {
-	if s.principalKey == "" {
-		return "", false
-	}
-	_, values, err := s.codec.Decode(data)
+func newPrincipalIndex(key, sessionPrefix string, codec scs.Codec, st *stats) *principalIndex {
+	return &principalIndex{key: key, codec: codec, seed: maphash.MakeSeed(), prefix: PrincipalIndexPrefix(sessionPrefix), stats: st}
+}
+
+// decode returns the principal that data names, and whether it names one.
+func (x *principalIndex) decode(data []byte) (string, bool) {
+	_, values, err := x.codec.Decode(data)
 	if err != nil {
+		x.stats.codecErrors.Add(1)
 		return "", false
 	}
-	v, ok := values[s.principalKey]
+	v, ok := values[x.key]
 	if !ok || v == nil {
 		return "", false
 	}
@@ -97,59 +100,46 @@ func (s *EtcdStore) principalOf(data []byte) (string, bool) {
 	return p, p != ""
 }
 
-// principalFor returns the principal that data names, as principalOf
-// does, and the digests to remember with it. It decodes data only when
-// its digest is not one of those remembered (last, if known) for the
-// session's principal: SCS commits a session on every request with
-// IdleTimeout, and its GobCodec writes a session of two values in one of
-// two orders.
-func (s *EtcdStore) principalFor(last sighting, known bool, data []byte) (string, bool, [2]uint64) {
-	sum := maphash.Bytes(s.seed, data)
-	if known && last.stored && last.indexKnown && (last.sums[0] == sum || last.sums[1] == sum) {
-		return last.indexed, last.indexed != "", last.sums
+// of returns the principal that data names, as decode does, and the
+// digests to remember with it. It decodes data only when its digest is
+// not one of those remembered (last, if known) for the session's
+// principal: SCS commits a session on every request with IdleTimeout,
+// and its GobCodec writes a session of two values in one of two orders.
+func (x *principalIndex) of(last tokenState, known bool, data []byte) (string, bool, [2]uint64) {
+	sum := maphash.Bytes(x.seed, data)
+	if known && last.stored && last.principalKnown && (last.digests[0] == sum || last.digests[1] == sum) {
+		return last.principal, last.principal != "", last.digests
 	}
-	p, has := s.principalOf(data)
-	if known && last.stored && last.indexKnown && last.indexed == p {
-		return p, has, [2]uint64{sum, last.sums[0]}
+	p, has := x.decode(data)
+	if known && last.stored && last.principalKnown && last.principal == p {
+		return p, has, [2]uint64{sum, last.digests[0]}
 	}
 	return p, has, [2]uint64{sum}
 }
 
-// principalPrefix returns the key prefix of the index entries of
-// principal.
-func (s *EtcdStore) principalPrefix(principal string) string {
+// entries returns the key prefix of the index entries of principal.
+func (x *principalIndex) entries(principal string) string {
 	sum := sha256.Sum256([]byte(principal))
-	return s.index + hex.EncodeToString(sum[:16]) + "/"
+	return x.prefix + hex.EncodeToString(sum[:16]) + "/"
 }
 
-// indexKey returns the key of the index entry of principal and token.
-func (s *EtcdStore) indexKey(principal, token string) string {
-	return s.principalPrefix(principal) + token
+// entry returns the key of the index entry of principal and token.
+func (x *principalIndex) entry(principal, token string) string {
+	return x.entries(principal) + token
 }
 
-// indexOps returns the operations that bring the index entries of token
-// from what the store knows of its stored session (seen) to a session
+// ops returns the operations that bring the index entries of token from
+// what the store knows of its stored session (base, if known) to session
 // data whose principal is p (has false: none), on lease id.
-func (s *EtcdStore) indexOps(token string, seen sighting, known bool, p string, has bool, id clientv3.LeaseID) []clientv3.Op {
+func (x *principalIndex) ops(token string, base tokenState, known bool, p string, has bool, id clientv3.LeaseID) []clientv3.Op {
 	var ops []clientv3.Op
 	if has {
-		ops = append(ops, clientv3.OpPut(s.indexKey(p, token), "", clientv3.WithLease(id)))
+		ops = append(ops, clientv3.OpPut(x.entry(p, token), "", clientv3.WithLease(id)))
 	}
-	if known && seen.stored && seen.indexKnown && seen.indexed != "" && (!has || seen.indexed != p) {
-		ops = append(ops, clientv3.OpDelete(s.indexKey(seen.indexed, token)))
+	if known && base.stored && base.principalKnown && base.principal != "" && (!has || base.principal != p) {
+		ops = append(ops, clientv3.OpDelete(x.entry(base.principal, token)))
 	}
 	return ops
-}
-
-// ErrNoPrincipal is wrapped by the error FindByPrincipal and
-// DeleteByPrincipal return, at once, on a store made without
-// WithPrincipal.
-var ErrNoPrincipal = errors.New("etcdstore: the store keeps no index of sessions by principal: make it with the WithPrincipal option")
-
-// errNoPrincipal is the error of method on a store made without
-// WithPrincipal.
-func errNoPrincipal(method string) error {
-	return fmt.Errorf("%w (%s needs it)", ErrNoPrincipal, method)
 }
 
 // indexEntry is one entry of the principal index, as read.
@@ -167,16 +157,21 @@ type indexEntry struct {
 // total, both within the store's timeout. A session whose data no longer
 // names principal, or that has expired, is left out. Errors are those of
 // the etcd requests, an error for a stored value that does not decode,
-// and ErrNoPrincipal when the store was made without WithPrincipal.
-func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (map[string][]byte, error) {
-	if s.principalKey == "" {
+// ErrNoPrincipal when the store was made without WithPrincipal, and
+// ErrClientClosed.
+func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (sessions map[string][]byte, err error) {
+	defer s.stats.begin(&s.stats.findsByPrincipal, &s.stats.latency.findByPrincipal).end(&err)
+	if s.index == nil {
 		return nil, errNoPrincipal("FindByPrincipal")
 	}
-	entries, kvs, err := s.principalSessions(s.newCall(ctx), principal)
+	if err := clientErr(s.client); err != nil {
+		return nil, fmt.Errorf("etcdstore: find by principal: %w", err)
+	}
+	entries, kvs, err := s.principalSessions(s.calls.newCall(ctx), principal)
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: find by principal: %w", err)
 	}
-	sessions := make(map[string][]byte)
+	sessions = make(map[string][]byte)
 	for _, e := range entries {
 		if data, ok, err := s.ofPrincipal(kvs[e.token], principal); err != nil {
 			return nil, fmt.Errorf("%w (key %q)", err, kvs[e.token].Key)
@@ -207,79 +202,47 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (map[
 //
 // On an error, the sessions of the Txns that went through are deleted
 // and the others are not, and the count says how many were; calling it
-// again finishes the work. Errors are those of the etcd requests, and
-// ErrNoPrincipal when the store was made without WithPrincipal.
-func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, except ...string) (int, error) {
-	if s.principalKey == "" {
+// again finishes the work. Errors are those of the etcd requests,
+// ErrNoPrincipal when the store was made without WithPrincipal, and
+// ErrClientClosed.
+func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, except ...string) (deleted int, err error) {
+	defer s.stats.begin(&s.stats.deletesByPrincipal, &s.stats.latency.deleteByPrincipal).end(&err)
+	if s.index == nil {
 		return 0, errNoPrincipal("DeleteByPrincipal")
+	}
+	if err := clientErr(s.client); err != nil {
+		return 0, fmt.Errorf("etcdstore: delete by principal: %w", err)
 	}
 	keep := make(map[string]bool, len(except))
 	for _, t := range except {
 		keep[t] = true
 	}
-	deleted := 0
-	c := s.newCall(ctx)
+	c := s.calls.newCall(ctx)
 	for range deletePasses {
 		entries, kvs, err := s.principalSessions(c, principal)
 		if err != nil {
 			return deleted, fmt.Errorf("etcdstore: delete by principal: %w", err)
 		}
-		var ops []clientv3.Op
-		var batch []clientv3.Cmp
-		var tokens []string // the sessions of the batch
+		live := make(map[string]bool, len(entries))
+		for _, e := range entries {
+			_, live[e.token], _ = s.ofPrincipal(kvs[e.token], principal)
+		}
 		clean := true
-		flush := func() error {
-			if len(ops) == 0 {
-				return nil
-			}
-			var resp *clientv3.TxnResponse
-			err := s.do(c, func(ctx context.Context) (err error) {
-				resp, err = s.client.Txn(ctx).If(batch...).Then(ops...).Commit()
-				return err
+		for _, b := range planDeletes(entries, live, keep, s.keys.key) {
+			resp, err := retryValue(s.calls, c, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+				return s.client.Txn(ctx).If(b.cmps...).Then(b.ops...).Commit()
 			})
 			if err != nil {
-				return err
+				return deleted, fmt.Errorf("etcdstore: delete by principal: %w", err)
 			}
-			if resp.Succeeded {
-				deleted += len(tokens)
-				for _, t := range tokens {
-					s.memory.sawGone(t, resp.Header.Revision)
-				}
-			} else {
+			if !resp.Succeeded {
 				clean = false
-			}
-			ops, batch, tokens = ops[:0], batch[:0], tokens[:0]
-			return nil
-		}
-		for _, e := range entries {
-			if keep[e.token] {
 				continue
 			}
-			kv := kvs[e.token]
-			if _, ok, _ := s.ofPrincipal(kv, principal); ok {
-				// Deleted unless its entry was deleted since: a change
-				// of principal takes the entry, while the commits of
-				// requests in flight, which rewrite the session and its
-				// entry, leave the entry's creation as it was. The
-				// session leaves a tombstone on its lease, as Delete's.
-				batch = append(batch,
-					clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.created),
-					clientv3.Compare(clientv3.Version(string(kv.Key)), ">", 0)) // WithIgnoreLease needs the key
-				ops = append(ops, clientv3.OpPut(string(kv.Key), tombstone, clientv3.WithIgnoreLease()), clientv3.OpDelete(e.key))
-				tokens = append(tokens, e.token)
-			} else {
-				// Stale: remove it unless it was written again since.
-				batch = append(batch, clientv3.Compare(clientv3.ModRevision(e.key), "=", e.rev))
-				ops = append(ops, clientv3.OpDelete(e.key))
+			deleted += len(b.tokens)
+			for _, t := range b.tokens {
+				s.tokens.recordGone(t, resp.Header.Revision)
 			}
-			if len(ops) > maxTxnOps-2 {
-				if err := flush(); err != nil {
-					return deleted, fmt.Errorf("etcdstore: delete by principal: %w", err)
-				}
-			}
-		}
-		if err := flush(); err != nil {
-			return deleted, fmt.Errorf("etcdstore: delete by principal: %w", err)
 		}
 		if clean {
 			return deleted, nil
@@ -288,14 +251,57 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 	return deleted, fmt.Errorf("etcdstore: delete by principal: the sessions kept changing; %d deleted, try again", deleted)
 }
 
+// deleteBatch is one Txn of DeleteByPrincipal: its compares, its
+// operations, and the tokens of the sessions it deletes.
+type deleteBatch struct {
+	cmps   []clientv3.Cmp
+	ops    []clientv3.Op
+	tokens []string
+}
+
+// planDeletes returns the Txns that delete a principal's index entries,
+// but those of the tokens in keep, each within etcd's default
+// --max-txn-ops: an entry whose session is live and names the principal
+// (live) with its session, which leaves a tombstone, under compares of the
+// entry's creation (a change of principal deletes the entry, while the
+// commits of requests in flight only rewrite it) and of the session key's
+// existence (the tombstone's put keeps the key's lease); a stale entry
+// under a compare of its mod revision, so that an entry written again
+// since stays. key maps a token to its session's key. It does no I/O.
+func planDeletes(entries []indexEntry, live, keep map[string]bool, key func(token string) string) []deleteBatch {
+	var batches []deleteBatch
+	var b deleteBatch
+	for _, e := range entries {
+		if keep[e.token] {
+			continue
+		}
+		if live[e.token] {
+			b.cmps = append(b.cmps,
+				clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.created),
+				clientv3.Compare(clientv3.Version(key(e.token)), ">", 0))
+			b.ops = append(b.ops, clientv3.OpPut(key(e.token), tombstone, clientv3.WithIgnoreLease()), clientv3.OpDelete(e.key))
+			b.tokens = append(b.tokens, e.token)
+		} else {
+			b.cmps = append(b.cmps, clientv3.Compare(clientv3.ModRevision(e.key), "=", e.rev))
+			b.ops = append(b.ops, clientv3.OpDelete(e.key))
+		}
+		if len(b.ops) > maxTxnOps-2 || len(b.cmps) > maxTxnOps-2 {
+			batches = append(batches, b)
+			b = deleteBatch{}
+		}
+	}
+	if len(b.ops) > 0 {
+		batches = append(batches, b)
+	}
+	return batches
+}
+
 // principalSessions reads, within c, the index entries of principal and
 // the sessions they name, keyed by token (nil where there is none).
 func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, map[string]*mvccpb.KeyValue, error) {
-	from := s.principalPrefix(principal)
-	var resp *clientv3.GetResponse
-	err := s.do(c, func(ctx context.Context) (err error) {
-		resp, err = s.client.Get(ctx, from, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-		return err
+	from := s.index.entries(principal)
+	resp, err := retryValue(s.calls, c, func(ctx context.Context) (*clientv3.GetResponse, error) {
+		return s.client.Get(ctx, from, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	})
 	if err != nil {
 		return nil, nil, err
@@ -312,12 +318,10 @@ func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, m
 		batch := entries[start:min(start+maxTxnOps, len(entries))]
 		gets := make([]clientv3.Op, len(batch))
 		for i, e := range batch {
-			gets[i] = clientv3.OpGet(keyFor(s.prefix, e.token))
+			gets[i] = clientv3.OpGet(s.keys.key(e.token))
 		}
-		var txn *clientv3.TxnResponse
-		err := s.do(c, func(ctx context.Context) (err error) {
-			txn, err = s.client.Txn(ctx).Then(gets...).Commit()
-			return err
+		txn, err := retryValue(s.calls, c, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+			return s.client.Txn(ctx).Then(gets...).Commit()
 		})
 		if err != nil {
 			return nil, nil, err
@@ -337,11 +341,11 @@ func (s *EtcdStore) ofPrincipal(kv *mvccpb.KeyValue, principal string) ([]byte, 
 	if kv == nil {
 		return nil, false, nil
 	}
-	data, _, live, err := open(kv.Value, s.now())
+	data, _, live, err := decodeStored(kv.Value, s.now())
 	if err != nil || !live {
 		return nil, false, err
 	}
-	p, has := s.principalOf(data)
+	p, has := s.index.decode(data)
 	if !has || p != principal {
 		return nil, false, nil
 	}

@@ -34,7 +34,7 @@ func userData(t *testing.T, user any, message string) []byte {
 // etcd holds them.
 func indexKeys(t *testing.T, c *clientv3.Client, s *EtcdStore) []string {
 	t.Helper()
-	resp, err := c.Get(ctxFor(t), s.index, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := c.Get(ctxFor(t), s.index.prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestFindByPrincipal(t *testing.T) {
 		t.Errorf(`FindByPrincipal("") = %v, %v; want an empty map: an empty name is no principal`, got, err)
 	}
 
-	plain := NewWithPrefix(s.client, s.prefix)
+	plain := NewWithPrefix(s.client, s.keys.prefix)
 	if _, err := plain.FindByPrincipal(ctxFor(t), "ann"); !errors.Is(err, ErrNoPrincipal) || !strings.Contains(err.Error(), "WithPrincipal") {
 		t.Errorf("FindByPrincipal without WithPrincipal = %v, want an error naming the option", err)
 	}
@@ -126,24 +126,24 @@ func TestPrincipalIndexFollowsTheSession(t *testing.T) {
 	if err := s.Commit("tok", userData(t, "ann", ""), expiry); err != nil {
 		t.Fatal(err)
 	}
-	if keys := indexKeys(t, c, s); !slices.Equal(keys, []string{s.indexKey("ann", "tok")}) {
+	if keys := indexKeys(t, c, s); !slices.Equal(keys, []string{s.index.entry("ann", "tok")}) {
 		t.Fatalf("after a commit as ann: index %q", keys)
 	}
-	resp, err := c.Get(ctxFor(t), s.indexKey("ann", "tok"))
+	resp, err := c.Get(ctxFor(t), s.index.entry("ann", "tok"))
 	if err != nil || len(resp.Kvs) != 1 || clientv3.LeaseID(resp.Kvs[0].Lease) != rawValue(t, c, s, "tok").lease {
 		t.Fatalf("index entry %v, %v: want it on the session's lease", resp, err)
 	}
 
 	// Another store, which reads the session first, logs in as bob on
 	// the same token.
-	other := NewWithPrefix(s.client, s.prefix, WithPrincipal("user"))
+	other := NewWithPrefix(s.client, s.keys.prefix, WithPrincipal("user"))
 	if _, found, err := other.Find("tok"); err != nil || !found {
 		t.Fatal(found, err)
 	}
 	if err := other.Commit("tok", userData(t, "bob", ""), expiry); err != nil {
 		t.Fatal(err)
 	}
-	if keys := indexKeys(t, c, s); !slices.Equal(keys, []string{s.indexKey("bob", "tok")}) {
+	if keys := indexKeys(t, c, s); !slices.Equal(keys, []string{s.index.entry("bob", "tok")}) {
 		t.Fatalf("after a login as bob on the same token: index %q, want bob's entry only", keys)
 	}
 	if got, _ := s.FindByPrincipal(ctxFor(t), "ann"); len(got) != 0 {
@@ -181,12 +181,12 @@ func TestStalePrincipalEntries(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := c.Delete(ctxFor(t), s.prefix+"gone"); err != nil {
+	if _, err := c.Delete(ctxFor(t), s.keys.prefix+"gone"); err != nil {
 		t.Fatal(err)
 	}
 	// A store that never saw "moved" gives it to bob: it cannot know to
 	// remove ann's entry.
-	blind := NewWithPrefix(s.client, s.prefix, WithPrincipal("user"))
+	blind := NewWithPrefix(s.client, s.keys.prefix, WithPrincipal("user"))
 	if err := blind.Commit("moved", userData(t, "bob", ""), expiry); err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +197,7 @@ func TestStalePrincipalEntries(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("DeleteByPrincipal(ann) = %d, %v; want 1", n, err)
 	}
-	if keys := indexKeys(t, c, s); !slices.Equal(keys, []string{s.indexKey("bob", "moved")}) {
+	if keys := indexKeys(t, c, s); !slices.Equal(keys, []string{s.index.entry("bob", "moved")}) {
 		t.Errorf("index after DeleteByPrincipal(ann): %q, want bob's entry only", keys)
 	}
 	if got, err := s.FindByPrincipal(ctxFor(t), "bob"); err != nil || len(got) != 1 {
@@ -242,14 +242,14 @@ func TestHostilePrincipals(t *testing.T) {
 	t.Parallel()
 	s, c := newStore(t, WithPrincipal("user"))
 	expiry := time.Now().Add(time.Hour)
-	hostile := []string{"a/b", "../../x", "\x00", "\xff\xfe", "\xc3\x28", strings.Repeat("x", 1<<20), s.prefix, PrincipalIndexRoot}
+	hostile := []string{"a/b", "../../x", "\x00", "\xff\xfe", "\xc3\x28", strings.Repeat("x", 1<<20), s.keys.prefix, PrincipalIndexRoot}
 	for i, p := range hostile {
 		if err := s.Commit(fmt.Sprint("h", i), userData(t, p, ""), expiry); err != nil {
 			t.Fatalf("#%d: %v", i, err)
 		}
 	}
 	for _, key := range indexKeys(t, c, s) {
-		if rest := strings.TrimPrefix(key, s.index); len(rest) != 32+1+2 {
+		if rest := strings.TrimPrefix(key, s.index.prefix); len(rest) != 32+1+2 {
 			t.Errorf("index key %q: %d bytes after the range, want a 32-digit hash, '/' and the token", key, len(rest))
 		}
 	}
@@ -289,7 +289,7 @@ func TestPrincipalEntryExpires(t *testing.T) {
 func TestPrincipalIndexAfterChangeElsewhere(t *testing.T) {
 	t.Parallel()
 	a, _ := newStore(t, WithPrincipal("user"))
-	b := NewWithPrefix(a.client, a.prefix, WithPrincipal("user"))
+	b := NewWithPrefix(a.client, a.keys.prefix, WithPrincipal("user"))
 	expiry := time.Now().Add(time.Hour)
 	if err := a.Commit("tok", userData(t, "ann", ""), expiry); err != nil {
 		t.Fatal(err)
@@ -350,5 +350,66 @@ func TestPrincipalDecodedOncePerChange(t *testing.T) {
 	}
 	if got, _ := s.FindByPrincipal(ctxFor(t), "bob"); len(got) != 1 {
 		t.Errorf("FindByPrincipal(bob) = %d sessions after the change, want 1", len(got))
+	}
+}
+
+// TestPlanDeletes: DeleteByPrincipal's Txns, by table: a live session goes
+// with its entry under two compares, a stale entry alone under one, kept
+// tokens not at all, and no Txn holds more than etcd's default
+// --max-txn-ops of operations or compares.
+func TestPlanDeletes(t *testing.T) {
+	key := func(token string) string { return "p:" + token }
+	entry := func(token string, rev int64) indexEntry {
+		return indexEntry{key: "i/" + token, token: token, rev: rev, created: rev - 1}
+	}
+	for _, tc := range []struct {
+		name              string
+		live, stale, kept int
+		wantTxns          int
+		wantTokens        int
+	}{
+		{"none", 0, 0, 0, 0, 0},
+		{"one live", 1, 0, 0, 1, 1},
+		{"one stale", 0, 1, 0, 1, 0},
+		{"kept", 1, 0, 2, 1, 1},
+		{"64 live fit one Txn", 64, 0, 0, 1, 64},
+		{"65 live need two", 65, 0, 0, 2, 65},
+		{"200 stale", 0, 200, 0, 2, 0},
+		{"mixed", 100, 50, 3, 2, 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var entries []indexEntry
+			live, keep := map[string]bool{}, map[string]bool{}
+			for i := range tc.live + tc.stale + tc.kept {
+				tok := fmt.Sprint("t", i)
+				entries = append(entries, entry(tok, int64(10+i)))
+				switch {
+				case i < tc.live:
+					live[tok] = true
+				case i < tc.live+tc.stale:
+				default:
+					live[tok], keep[tok] = true, true
+				}
+			}
+			batches := planDeletes(entries, live, keep, key)
+			tokens, ops, cmps := 0, 0, 0
+			for i, b := range batches {
+				if len(b.ops) > maxTxnOps || len(b.cmps) > maxTxnOps {
+					t.Errorf("Txn %d: %d ops, %d compares; etcd allows %d", i, len(b.ops), len(b.cmps), maxTxnOps)
+				}
+				tokens, ops, cmps = tokens+len(b.tokens), ops+len(b.ops), cmps+len(b.cmps)
+				for _, tok := range b.tokens {
+					if keep[tok] || !live[tok] {
+						t.Errorf("Txn %d deletes %q", i, tok)
+					}
+				}
+			}
+			if len(batches) != tc.wantTxns || tokens != tc.wantTokens {
+				t.Errorf("%d Txns deleting %d sessions, want %d and %d", len(batches), tokens, tc.wantTxns, tc.wantTokens)
+			}
+			if want := 2*tc.live + tc.stale; ops != want || cmps != want {
+				t.Errorf("%d ops and %d compares, want %d of each", ops, cmps, want)
+			}
+		})
 	}
 }

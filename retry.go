@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -35,14 +36,10 @@ import (
 // (TestKeepaliveSkipsDeadEndpoint). Retrying is safe because every commit
 // is conditional on the state it was made against (commit.go): an attempt
 // that lands after a later one, or after a delete, writes nothing; a
-// delete puts its tombstone again; a read reads again (see Deadlines and retries in doc.go for what a
-// caller sees).
+// delete puts its tombstone again; a read reads again (see Deadlines and
+// retries in doc.go for what a caller sees).
 
 const (
-	// defaultTimeout is the store's deadline for a call when the caller's
-	// context has none sooner: about what go-redis allows a command (3 s
-	// read plus 3 s write timeout).
-	defaultTimeout = 5 * time.Second
 	// attemptShare is the share of a call's time that one attempt gets,
 	// as its inverse.
 	attemptShare = 5
@@ -51,17 +48,6 @@ const (
 	firstBackoff = 25 * time.Millisecond
 	maxBackoff   = 500 * time.Millisecond
 )
-
-// WithTimeout sets the deadline of each call of the store (each page of
-// All), counted from its start, unless the caller's context ends sooner:
-// a call that etcd has not answered by then returns an error wrapping
-// context.DeadlineExceeded, so no call waits longer for an etcd that is
-// down or has no leader. Failures that a leader change or a lost
-// connection explains are tried again within it. Zero or negative means
-// the default, 5 s.
-func WithTimeout(d time.Duration) Option {
-	return func(o *options) { o.timeout = d }
-}
 
 // call is one call of the store: the context it was made with, carrying
 // clientv3.WithRequireLeader, and the deadline that every request it makes
@@ -72,14 +58,46 @@ type call struct {
 	share    time.Duration // the most one attempt gets while time remains
 }
 
+// retrier makes the calls of a store: their deadlines, attempts and
+// backoff. It is safe for concurrent use by multiple goroutines.
+type retrier struct {
+	timeout time.Duration // WithTimeout
+	clock   clock
+	retries atomic.Int64 // attempts made again, for Stats
+}
+
+// clock is the time the retrier reads and waits on; tests give it one that
+// does not wait.
+type clock interface {
+	Now() time.Time
+	// Sleep waits d, or until ctx ends, and returns ctx's error if so.
+	Sleep(ctx context.Context, d time.Duration) error
+}
+
+// wallClock is the system's clock.
+type wallClock struct{}
+
+func (wallClock) Now() time.Time { return time.Now() }
+
+func (wallClock) Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 // newCall starts a call made with ctx: its deadline is the store's timeout
 // from now, or ctx's deadline if sooner. Every request of the call asks
 // for a leader (clientv3.WithRequireLeader): a member cut off from the
 // others answers at once that it has none, rather than holding the
 // request, and the next attempt goes to another member.
-func (s *EtcdStore) newCall(ctx context.Context) call {
-	start := time.Now()
-	deadline := start.Add(s.timeout)
+func (r *retrier) newCall(ctx context.Context) call {
+	start := r.clock.Now()
+	deadline := start.Add(r.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
@@ -87,8 +105,8 @@ func (s *EtcdStore) newCall(ctx context.Context) call {
 }
 
 // retry runs attempt within a call of its own: see do.
-func (s *EtcdStore) retry(ctx context.Context, attempt func(ctx context.Context) error) error {
-	return s.do(s.newCall(ctx), attempt)
+func (r *retrier) retry(ctx context.Context, attempt func(ctx context.Context) error) error {
+	return r.do(r.newCall(ctx), attempt)
 }
 
 // do calls attempt until it succeeds, fails in a way no retry can fix, or
@@ -98,13 +116,13 @@ func (s *EtcdStore) retry(ctx context.Context, attempt func(ctx context.Context)
 // returns an error that wraps both the reason and the last attempt's
 // error; a deadline passed before the first attempt returns
 // context.DeadlineExceeded.
-func (s *EtcdStore) do(c call, attempt func(ctx context.Context) error) error {
-	if !time.Now().Before(c.deadline) {
+func (r *retrier) do(c call, attempt func(ctx context.Context) error) error {
+	if !r.clock.Now().Before(c.deadline) {
 		return callError(c.ctx, context.DeadlineExceeded, 1)
 	}
 	backoff := firstBackoff
 	for n := 1; ; n++ {
-		end := time.Now().Add(c.share)
+		end := r.clock.Now().Add(c.share)
 		if c.deadline.Sub(end) < c.share {
 			end = c.deadline
 		}
@@ -114,27 +132,31 @@ func (s *EtcdStore) do(c call, attempt func(ctx context.Context) error) error {
 		if err == nil {
 			return nil
 		}
-		if c.ctx.Err() != nil || !time.Now().Before(c.deadline) {
+		if c.ctx.Err() != nil || !r.clock.Now().Before(c.deadline) {
 			return callError(c.ctx, err, n)
 		}
 		if !retryable(err) {
 			return err
 		}
 		// Jitter: calls that failed together do not come back together.
-		wait := min(backoff/2+rand.N(backoff/2+1), time.Until(c.deadline))
-		t := time.NewTimer(wait)
-		select {
-		case <-c.ctx.Done():
-			t.Stop()
-			return callError(c.ctx, err, n)
-		case <-t.C:
-		}
-		if !time.Now().Before(c.deadline) {
+		wait := min(backoff/2+rand.N(backoff/2+1), c.deadline.Sub(r.clock.Now()))
+		if r.clock.Sleep(c.ctx, wait) != nil || !r.clock.Now().Before(c.deadline) {
 			return callError(c.ctx, err, n)
 		}
 		backoff = min(2*backoff, maxBackoff)
-		s.stats.retries.Add(1)
+		r.retries.Add(1)
 	}
+}
+
+// retryValue is do for an attempt that returns a value: the value of the
+// attempt that succeeded.
+func retryValue[T any](r *retrier, c call, attempt func(ctx context.Context) (T, error)) (T, error) {
+	var v T
+	err := r.do(c, func(ctx context.Context) (err error) {
+		v, err = attempt(ctx)
+		return err
+	})
+	return v, err
 }
 
 // callError is the error of a call that ctx ended, or its deadline,

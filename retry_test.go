@@ -46,25 +46,91 @@ func TestRetryable(t *testing.T) {
 	}
 }
 
+// fakeClock is a clock that waits for nothing: Sleep moves it on, and so
+// may the attempts of a test.
+type fakeClock struct {
+	now    time.Time
+	sleeps []time.Duration
+}
+
+func (c *fakeClock) Now() time.Time { return c.now }
+
+func (c *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
+	c.sleeps = append(c.sleeps, d)
+	c.now = c.now.Add(d)
+	return ctx.Err()
+}
+
 // TestRetryStopsAtDeadline: a call whose attempts keep failing in a
 // retryable way ends at its deadline with an error that wraps both the
-// deadline and the last failure; one that fails otherwise is not tried
-// again.
+// deadline and the last failure, backing off from 25 ms and doubling to
+// 500 ms, with jitter; one that fails otherwise is not tried again; one
+// that succeeds after failures returns nil. On a clock that waits for
+// nothing.
 func TestRetryStopsAtDeadline(t *testing.T) {
 	t.Parallel()
-	s := &EtcdStore{timeout: 300 * time.Millisecond}
-	var n int
-	err := s.retry(context.Background(), func(context.Context) error { n++; return rpctypes.ErrNoLeader })
-	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, rpctypes.ErrNoLeader) || n < 2 {
-		t.Errorf("after %d attempts: %v; want several, and an error wrapping the deadline and the last failure", n, err)
+	for _, tc := range []struct {
+		name     string
+		fail     error
+		failures int           // before a success; -1: all
+		takes    time.Duration // of the fake clock, per attempt
+		minN     int
+		maxN     int
+		wantErr  []error
+	}{
+		{"no leader, at once", rpctypes.ErrNoLeader, -1, 0, 12, 25, []error{context.DeadlineExceeded, rpctypes.ErrNoLeader}},
+		{"no answer within a share", context.DeadlineExceeded, -1, time.Second, 4, 5, []error{context.DeadlineExceeded}},
+		{"permission denied", rpctypes.ErrPermissionDenied, -1, 0, 1, 1, []error{rpctypes.ErrPermissionDenied}},
+		{"success after two failures", rpctypes.ErrLeaderChanged, 2, 0, 3, 3, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := &fakeClock{now: time.Unix(1_000_000, 0)}
+			r := &retrier{timeout: 5 * time.Second, clock: clock}
+			n := 0
+			err := r.retry(context.Background(), func(context.Context) error {
+				n++
+				clock.now = clock.now.Add(tc.takes)
+				if tc.failures >= 0 && n > tc.failures {
+					return nil
+				}
+				return tc.fail
+			})
+			if n < tc.minN || n > tc.maxN {
+				t.Errorf("%d attempts, want %d to %d", n, tc.minN, tc.maxN)
+			}
+			for _, want := range tc.wantErr {
+				if !errors.Is(err, want) {
+					t.Errorf("error %v does not wrap %v", err, want)
+				}
+			}
+			if tc.wantErr == nil && err != nil {
+				t.Errorf("error %v, want nil", err)
+			}
+			if got := r.retries.Load(); got != int64(len(clock.sleeps)) && got != int64(len(clock.sleeps)-1) {
+				t.Errorf("%d retries counted after %d backoffs", got, len(clock.sleeps))
+			}
+			for i, d := range clock.sleeps {
+				b := min(firstBackoff<<i, maxBackoff)
+				if i < len(clock.sleeps)-1 && (d < b/2 || d > b) {
+					t.Errorf("backoff %d: %v, want %v to %v", i, d, b/2, b)
+				}
+			}
+		})
 	}
-	if got := s.stats.retries.Load(); got != int64(n-1) {
-		t.Errorf("%d retries counted after %d attempts", got, n)
-	}
+}
 
-	n = 0
-	err = s.retry(context.Background(), func(context.Context) error { n++; return rpctypes.ErrPermissionDenied })
-	if n != 1 || !errors.Is(err, rpctypes.ErrPermissionDenied) {
-		t.Errorf("permission denied: %d attempts, %v; want 1 and the error as is", n, err)
+// TestRetryValue: the value is the successful attempt's.
+func TestRetryValue(t *testing.T) {
+	r := &retrier{timeout: time.Second, clock: &fakeClock{now: time.Unix(1, 0)}}
+	n := 0
+	v, err := retryValue(r, r.newCall(context.Background()), func(context.Context) (int, error) {
+		n++
+		if n < 3 {
+			return n, rpctypes.ErrNoLeader
+		}
+		return n, nil
+	})
+	if v != 3 || err != nil {
+		t.Errorf("retryValue = %d, %v; want 3, nil", v, err)
 	}
 }

@@ -9,7 +9,8 @@ import (
 	"github.com/alexedwards/scs/v2"
 )
 
-// TestStats: each count moves with what it counts, and only with it.
+// TestStats: each count moves with what it counts, and only with it;
+// each method's latency histogram counts its calls.
 func TestStats(t *testing.T) {
 	t.Parallel()
 	s, c := newStore(t, WithTouchInterval(time.Minute), WithCodec(scs.GobCodec{}))
@@ -24,7 +25,10 @@ func TestStats(t *testing.T) {
 	step := func(name string, want Stats, do func()) {
 		t.Helper()
 		do()
-		if got := s.Stats(); got != want {
+		got := s.Stats()
+		checkLatency(t, name, got)
+		got.Latency = LatencyStats{}
+		if got != want {
 			t.Fatalf("after %s:\n got %+v\nwant %+v", name, got, want)
 		}
 	}
@@ -55,7 +59,7 @@ func TestStats(t *testing.T) {
 	})
 	want.Commits, want.ResurrectionsRefused = 3, 1
 	step("a commit after a delete elsewhere", want, func() {
-		if _, err := c.Delete(ctxFor(t), s.prefix+"a"); err != nil {
+		if _, err := c.Delete(ctxFor(t), s.keys.prefix+"a"); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.Commit("a", data("2"), expiry); err != nil {
@@ -71,27 +75,53 @@ func TestStats(t *testing.T) {
 
 	// Errors, by kind.
 	want.Commits, want.Errors.Other = 4, 1
-	step("a commit of an empty token", want, func() {
-		if err := s.Commit("", []byte("x"), expiry); err == nil {
+	step("a commit of a token over MaxTokenLen", want, func() {
+		if err := s.Commit(string(make([]byte, MaxTokenLen+1)), []byte("x"), expiry); err == nil {
 			t.Fatal("no error")
 		}
 	})
-	want.Commits, want.Errors.TooLarge = 5, 1
+	want.Finds, want.Deletes = 2, 2
+	step("a find and a delete of a token over MaxTokenLen", want, func() {
+		if _, found, err := s.Find(string(make([]byte, MaxTokenLen+1))); found || err != nil {
+			t.Fatal(found, err)
+		}
+		if err := s.Delete(string(make([]byte, MaxTokenLen+1))); err != nil {
+			t.Fatal(err)
+		}
+	})
+	want.FindsByPrincipal, want.DeletesByPrincipal, want.Errors.Other = 1, 1, 3
+	step("the principal calls, without the index", want, func() {
+		if _, err := s.FindByPrincipal(context.Background(), "ann"); err == nil {
+			t.Fatal("no error")
+		}
+		if _, err := s.DeleteByPrincipal(context.Background(), "ann"); err == nil {
+			t.Fatal("no error")
+		}
+	})
+	want.Commits, want.CodecErrors, want.RememberedTokens = 6, 1, 2
+	step("commits of data the codec cannot decode", want, func() {
+		for i, b := range []string{"not gob", "not gob either"} {
+			if err := s.Commit("junk", []byte(b), expiry.Add(time.Duration(i)*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	want.Commits, want.Errors.TooLarge = 7, 1
 	step("a commit too large", want, func() {
 		if err := s.Commit("big", bytes.Repeat([]byte("x"), 3<<20), expiry); err == nil {
 			t.Fatal("no error")
 		}
 	})
-	want.Finds, want.Errors.Corrupt = 2, 1
+	want.Finds, want.Errors.Corrupt = 3, 1
 	step("a find of a corrupt value", want, func() {
-		if _, err := c.Put(ctxFor(t), s.prefix+"bad", envelopeMagic); err != nil {
+		if _, err := c.Put(ctxFor(t), s.keys.prefix+"bad", envelopeMagic); err != nil {
 			t.Fatal(err)
 		}
 		if _, _, err := s.Find("bad"); err == nil {
 			t.Fatal("no error")
 		}
 	})
-	want.Finds, want.Errors.Canceled = 3, 1
+	want.Finds, want.Errors.Canceled = 4, 1
 	step("a find with a canceled context", want, func() {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
@@ -99,4 +129,48 @@ func TestStats(t *testing.T) {
 			t.Fatal("no error")
 		}
 	})
+}
+
+// checkLatency fails the test unless each method's latency histogram
+// counts as many calls as the method's count, with cumulative buckets.
+func checkLatency(t *testing.T, after string, st Stats) {
+	t.Helper()
+	for _, m := range []struct {
+		name  string
+		calls int64
+		h     Histogram
+	}{
+		{"Find", st.Finds, st.Latency.Find},
+		{"Commit", st.Commits, st.Latency.Commit},
+		{"Delete", st.Deletes, st.Latency.Delete},
+		{"All", st.Alls, st.Latency.All},
+		{"FindByPrincipal", st.FindsByPrincipal, st.Latency.FindByPrincipal},
+		{"DeleteByPrincipal", st.DeletesByPrincipal, st.Latency.DeleteByPrincipal},
+	} {
+		if m.h.Count != uint64(m.calls) || (m.calls > 0) != (m.h.Sum > 0) {
+			t.Errorf("after %s: %s latency counts %d calls taking %v, want %d", after, m.name, m.h.Count, m.h.Sum, m.calls)
+		}
+		for i := 1; i < len(m.h.Buckets); i++ {
+			if m.h.Buckets[i] < m.h.Buckets[i-1] || m.h.Buckets[i] > m.h.Count {
+				t.Errorf("after %s: %s latency buckets not cumulative: %v", after, m.name, m.h.Buckets)
+				break
+			}
+		}
+	}
+}
+
+// TestHistogram: durations land in the first bucket whose bound they do
+// not exceed; those over the last bound count only in Count.
+func TestHistogram(t *testing.T) {
+	var h histogram
+	for _, d := range []time.Duration{0, 500 * time.Microsecond, 501 * time.Microsecond, 3 * time.Millisecond, time.Minute} {
+		h.observe(d)
+	}
+	got := h.read()
+	if got.Count != 5 || got.Buckets[0] != 2 || got.Buckets[1] != 3 || got.Buckets[2] != 3 || got.Buckets[3] != 4 || got.Buckets[len(got.Buckets)-1] != 4 {
+		t.Errorf("histogram %+v", got)
+	}
+	if want := 500*time.Microsecond + 501*time.Microsecond + 3*time.Millisecond + time.Minute; got.Sum != want {
+		t.Errorf("sum %v, want %v", got.Sum, want)
+	}
 }

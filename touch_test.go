@@ -89,7 +89,7 @@ func TestTouchIntervalOnClock(t *testing.T) {
 func TestTouchIntervalWritesChanges(t *testing.T) {
 	t.Parallel()
 	s, c := newOwnStore(t, WithTouchInterval(time.Hour))
-	other := NewWithPrefix(c, s.prefix)
+	other := NewWithPrefix(c, s.keys.prefix)
 	expiry := time.Now().Add(2 * time.Hour)
 	for i, data := range []string{"one", "two", "", "three"} {
 		if err := s.Commit("tok", []byte(data), expiry); err != nil {
@@ -155,7 +155,7 @@ func TestTouchIntervalDecodes(t *testing.T) {
 	if n := etcdtest.Revision(t, c) - before; n != 0 {
 		t.Fatalf("same session in other bytes: %d writes, want 0", n)
 	}
-	if seen, _ := s.memory.get("tok"); seen.alt != string(reordered) {
+	if seen, _ := s.tokens.last("tok"); seen.alt != string(reordered) {
 		t.Fatalf("the other bytes were not kept as the alternative: %q", seen.alt)
 	}
 
@@ -178,7 +178,7 @@ func TestTouchIntervalDecodes(t *testing.T) {
 			if n := etcdtest.Revision(t, c) - before; n != 1 {
 				t.Errorf("%s: %d writes, want 1", tt.name, n)
 			}
-			if got, _, _ := NewWithPrefix(c, s.prefix).Find("tok"); !bytes.Equal(got, data) {
+			if got, _, _ := NewWithPrefix(c, s.keys.prefix).Find("tok"); !bytes.Equal(got, data) {
 				t.Errorf("%s: etcd holds %q, want %q", tt.name, got, data)
 			}
 		})
@@ -241,7 +241,7 @@ func TestTouchIntervalConcurrent(t *testing.T) {
 	if err := s.Commit("fresh", []byte("last"), expiry); err != nil {
 		t.Fatal(err)
 	}
-	if got, found, err := NewWithPrefix(c, s.prefix).Find("fresh"); err != nil || !found || string(got) != "last" {
+	if got, found, err := NewWithPrefix(c, s.keys.prefix).Find("fresh"); err != nil || !found || string(got) != "last" {
 		t.Fatalf("after the concurrent run: Find = %q, %v, %v", got, found, err)
 	}
 }
@@ -252,7 +252,7 @@ func TestTouchIntervalConcurrent(t *testing.T) {
 func TestCommitAfterDelete(t *testing.T) {
 	t.Parallel()
 	s, c := newStore(t)
-	other := NewWithPrefix(c, s.prefix)
+	other := NewWithPrefix(c, s.keys.prefix)
 	expiry := time.Now().Add(time.Hour)
 	ctx := context.Background()
 	for _, tt := range []struct {
@@ -316,17 +316,17 @@ func TestCommitAfterDelete(t *testing.T) {
 func TestRememberedTokensBound(t *testing.T) {
 	t.Parallel()
 	s, c := newStore(t, WithRememberedTokens(2))
-	other := NewWithPrefix(c, s.prefix)
+	other := NewWithPrefix(c, s.keys.prefix)
 	expiry := time.Now().Add(time.Hour)
 	for _, tok := range []string{"a", "b", "c"} {
 		if err := s.Commit(tok, []byte(tok), expiry); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := s.memory.len(); n != 2 {
+	if n := s.tokens.len(); n != 2 {
 		t.Fatalf("remembers %d tokens, want the bound, 2", n)
 	}
-	if _, known := s.memory.get("a"); known {
+	if _, known := s.tokens.last("a"); known {
 		t.Fatal(`"a", the least recently used, is still remembered`)
 	}
 	for _, tok := range []string{"a", "c"} {

@@ -26,19 +26,15 @@ import (
 // and whose expiry is less than the touch interval later than the stored
 // one writes nothing (see touchable).
 //
-// Sightings are ordered by etcd revision: a sighting older than the one
+// States are ordered by etcd revision: a state older than the one
 // remembered (a slow Find that read before a later Commit of this
 // process) changes nothing, so the memory never goes back in time.
 //
 // The memory is bounded by a count of tokens and forgets the least
 // recently used first.
 
-// defaultRememberedTokens is how many tokens the store remembers by
-// default.
-const defaultRememberedTokens = 100_000
-
-// sighting is what the store last saw of a token in etcd.
-type sighting struct {
+// tokenState is what the store last saw of a token in etcd.
+type tokenState struct {
 	// rev is, for a stored session, its key's mod revision, which a
 	// commit compares; otherwise the revision it was seen gone at.
 	rev int64
@@ -55,84 +51,85 @@ type sighting struct {
 	// one of n orders, so commits of an unchanged session of two values
 	// match data or alt and need no decoding.
 	alt string
-	// indexed is the principal the stored session names ("" for none),
-	// whose index entry a change or a delete must remove, if indexKnown
+	// principal is the principal the stored session names ("" for none),
+	// whose index entry a change or a delete must remove, if principalKnown
 	// (see WithPrincipal).
-	indexed    string
-	indexKnown bool
-	// sums are digests of up to two encodings of the session known to
-	// name indexed, so that its principal is decoded once per change,
+	principal      string
+	principalKnown bool
+	// digests are digests of up to two encodings of the session known to
+	// name principal, so that its principal is decoded once per change,
 	// not on every Find and commit.
-	sums [2]uint64
+	digests [2]uint64
 }
 
-// memoryEntry is one remembered token, the Value of its list element.
-type memoryEntry struct {
+// tokenEntry is one remembered token, the Value of its list element.
+type tokenEntry struct {
 	token string
-	sighting
+	tokenState
 }
 
-// memory is a bounded, least-recently-used map from token to sighting.
+// tokenMemory is a bounded, least-recently-used map from token to what
+// the store last saw of it.
 // It does no I/O and is safe for concurrent use by multiple goroutines.
-type memory struct {
+type tokenMemory struct {
 	max int
 
 	mu     sync.Mutex               // protects byKey and recent
 	byKey  map[string]*list.Element // token -> element of recent
-	recent list.List                // of *memoryEntry, most recent first
+	recent list.List                // of *tokenEntry, most recent first
 }
 
-func newMemory(max int) *memory {
-	return &memory{max: max, byKey: make(map[string]*list.Element)}
+func newTokenMemory(max int) *tokenMemory {
+	return &tokenMemory{max: max, byKey: make(map[string]*list.Element)}
 }
 
-// get returns what the store last saw of token and whether it remembers
-// the token at all. The sighting is a copy: the caller may read it
+// last returns what the store last saw of token and whether it remembers
+// the token at all. The state is a copy: the caller may read it
 // without the lock.
-func (m *memory) get(token string) (sighting, bool) {
+func (m *tokenMemory) last(token string) (tokenState, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	el, ok := m.byKey[token]
 	if !ok {
-		return sighting{}, false
+		return tokenState{}, false
 	}
 	m.recent.MoveToFront(el)
-	return el.Value.(*memoryEntry).sighting, true
+	return el.Value.(*tokenEntry).tokenState, true
 }
 
-// saw records a sighting of token, unless the store remembers a later
+// record records a state of token, unless the store remembers a later
 // one, or one of the same revision that holds the data this one lacks.
-func (m *memory) saw(token string, s sighting) {
+func (m *tokenMemory) record(token string, s tokenState) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.sawLocked(token, s)
+	m.recordLocked(token, s)
 }
 
-// sawAll records the sightings of many tokens, as saw does for each,
+// recordAll records the states of many tokens, as record does for each,
 // under one lock.
-func (m *memory) sawAll(tokens []string, sightings []sighting) {
+func (m *tokenMemory) recordAll(tokens []string, states []tokenState) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for i, token := range tokens {
-		m.sawLocked(token, sightings[i])
+		m.recordLocked(token, states[i])
 	}
 }
 
-// sawLocked is saw with m.mu held.
-func (m *memory) sawLocked(token string, s sighting) {
+// recordLocked is record with m.mu held.
+func (m *tokenMemory) recordLocked(token string, s tokenState) {
 	el, ok := m.byKey[token]
 	if !ok {
-		m.byKey[token] = m.recent.PushFront(&memoryEntry{token: token, sighting: s})
+		m.byKey[token] = m.recent.PushFront(&tokenEntry{token: token, tokenState: s})
 		m.evictLocked()
 		return
 	}
 	m.recent.MoveToFront(el)
-	e := el.Value.(*memoryEntry)
+	e := el.Value.(*tokenEntry)
 	if s.rev < e.rev || (s.rev == e.rev && e.hasData && !s.hasData) {
 		return
 	}
-	if s.rev == e.rev && e.indexKnown && !s.indexKnown {
-		s.indexed, s.indexKnown, s.sums = e.indexed, true, e.sums
+	if s.rev == e.rev && e.principalKnown && !s.principalKnown {
+		s.principal, s.principalKnown, s.digests = e.principal, true, e.digests
 	}
 	if s.hasData && e.hasData && s.alt == "" {
 		// The same session seen again, in the bytes of data or of alt.
@@ -143,39 +140,39 @@ func (m *memory) sawLocked(token string, s sighting) {
 			s.alt = e.data
 		}
 	}
-	e.sighting = s
+	e.tokenState = s
 }
 
-// sawGone records that token's session was not stored at revision rev,
+// recordGone records that token's session was not stored at revision rev,
 // if the store remembers the token; it does not add tokens, since only a
 // token once seen stored needs guarding.
-func (m *memory) sawGone(token string, rev int64) {
+func (m *tokenMemory) recordGone(token string, rev int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	el, ok := m.byKey[token]
 	if !ok {
 		return
 	}
-	e := el.Value.(*memoryEntry)
+	e := el.Value.(*tokenEntry)
 	if rev >= e.rev {
-		e.sighting = sighting{rev: rev}
+		e.tokenState = tokenState{rev: rev}
 	}
 }
 
-// sawAlt records alt as other bytes of the session that token held at
-// rev, if that is still the sighting remembered.
-func (m *memory) sawAlt(token string, rev int64, alt string) {
+// recordAlt records alt as other bytes of the session that token held at
+// rev, if that is still the state remembered.
+func (m *tokenMemory) recordAlt(token string, rev int64, alt string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if el, ok := m.byKey[token]; ok {
-		if e := el.Value.(*memoryEntry); e.rev == rev && e.hasData {
+		if e := el.Value.(*tokenEntry); e.rev == rev && e.hasData {
 			e.alt = alt
 		}
 	}
 }
 
 // len returns how many tokens the store remembers.
-func (m *memory) len() int {
+func (m *tokenMemory) len() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return len(m.byKey)
@@ -183,19 +180,10 @@ func (m *memory) len() int {
 
 // evictLocked forgets the least recently used tokens past the bound.
 // m.mu must be held.
-func (m *memory) evictLocked() {
+func (m *tokenMemory) evictLocked() {
 	for len(m.byKey) > m.max {
 		el := m.recent.Back()
 		m.recent.Remove(el)
-		delete(m.byKey, el.Value.(*memoryEntry).token)
+		delete(m.byKey, el.Value.(*tokenEntry).token)
 	}
-}
-
-// touchable reports whether a commit of unchanged data, to expire at
-// expiry, may leave the stored session, which expires at stored, as it
-// is: when the stored expiry has not passed at now, and the new expiry is
-// no earlier than it and less than d later. The session then expires up
-// to d earlier than the commit asked, never later. d <= 0 means never.
-func touchable(now, stored, expiry time.Time, d time.Duration) bool {
-	return d > 0 && stored.After(now) && !expiry.Before(stored) && expiry.Sub(stored) < d
 }

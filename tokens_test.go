@@ -38,82 +38,82 @@ func TestTouchable(t *testing.T) {
 }
 
 func TestMemoryOrdersByRevision(t *testing.T) {
-	m := newMemory(10)
+	m := newTokenMemory(10)
 	expiry := time.Now().Add(time.Hour)
-	at := func(rev int64, data string) sighting {
-		return sighting{rev: rev, stored: true, expiry: expiry, data: data, hasData: true}
+	at := func(rev int64, data string) tokenState {
+		return tokenState{rev: rev, stored: true, expiry: expiry, data: data, hasData: true}
 	}
-	m.saw("tok", at(5, "five"))
-	m.saw("tok", at(3, "three")) // a slow Find that read before
-	if got, _ := m.get("tok"); got.data != "five" {
-		t.Fatalf("after an older sighting: data %q, want the later %q", got.data, "five")
+	m.record("tok", at(5, "five"))
+	m.record("tok", at(3, "three")) // a slow Find that read before
+	if got, _ := m.last("tok"); got.data != "five" {
+		t.Fatalf("after an older tokenState: data %q, want the later %q", got.data, "five")
 	}
-	m.sawGone("tok", 4)
-	if got, _ := m.get("tok"); !got.stored {
+	m.recordGone("tok", 4)
+	if got, _ := m.last("tok"); !got.stored {
 		t.Fatal("an older delete made the session gone")
 	}
-	m.saw("tok", sighting{rev: 5, stored: true, expiry: expiry}) // All: no data
-	if got, _ := m.get("tok"); !got.hasData || got.data != "five" {
-		t.Fatalf("a sighting of the same revision without data dropped it: %+v", got)
+	m.record("tok", tokenState{rev: 5, stored: true, expiry: expiry}) // All: no data
+	if got, _ := m.last("tok"); !got.hasData || got.data != "five" {
+		t.Fatalf("a tokenState of the same revision without data dropped it: %+v", got)
 	}
-	m.sawGone("tok", 6)
-	got, ok := m.get("tok")
+	m.recordGone("tok", 6)
+	got, ok := m.last("tok")
 	if !ok || got.stored || got.hasData || got.rev != 6 {
 		t.Fatalf("after a delete: %+v, %v; want remembered, not live, no data, rev 6", got, ok)
 	}
-	m.saw("tok", at(7, "seven"))
-	if got, _ := m.get("tok"); !got.stored || got.data != "seven" {
+	m.record("tok", at(7, "seven"))
+	if got, _ := m.last("tok"); !got.stored || got.data != "seven" {
 		t.Fatalf("after a later write: %+v", got)
 	}
 }
 
 func TestMemorySawGoneAddsNothing(t *testing.T) {
-	m := newMemory(10)
-	m.sawGone("never", 1)
-	if _, ok := m.get("never"); ok || m.len() != 0 {
+	m := newTokenMemory(10)
+	m.recordGone("never", 1)
+	if _, ok := m.last("never"); ok || m.len() != 0 {
 		t.Fatalf("a delete of an unknown token was remembered: len %d", m.len())
 	}
 }
 
 func TestMemoryKeepsAlt(t *testing.T) {
-	m := newMemory(10)
-	at := func(rev int64, data string) sighting {
-		return sighting{rev: rev, stored: true, data: data, hasData: true}
+	m := newTokenMemory(10)
+	at := func(rev int64, data string) tokenState {
+		return tokenState{rev: rev, stored: true, data: data, hasData: true}
 	}
-	m.saw("tok", at(1, "ab"))
-	m.sawAlt("tok", 1, "ba")
-	m.saw("tok", at(2, "ab")) // the same bytes again
-	if got, _ := m.get("tok"); got.alt != "ba" {
+	m.record("tok", at(1, "ab"))
+	m.recordAlt("tok", 1, "ba")
+	m.record("tok", at(2, "ab")) // the same bytes again
+	if got, _ := m.last("tok"); got.alt != "ba" {
 		t.Fatalf("the same data again: alt %q, want %q", got.alt, "ba")
 	}
-	m.saw("tok", at(3, "ba")) // written in the other order
-	if got, _ := m.get("tok"); got.data != "ba" || got.alt != "ab" {
+	m.record("tok", at(3, "ba")) // written in the other order
+	if got, _ := m.last("tok"); got.data != "ba" || got.alt != "ab" {
 		t.Fatalf("data in the alternative's bytes: data %q alt %q, want %q and %q", got.data, got.alt, "ba", "ab")
 	}
-	m.sawAlt("tok", 2, "stale")
-	if got, _ := m.get("tok"); got.alt != "ab" {
+	m.recordAlt("tok", 2, "stale")
+	if got, _ := m.last("tok"); got.alt != "ab" {
 		t.Fatalf("sawAlt for an older revision replaced alt: %q", got.alt)
 	}
-	m.saw("tok", at(4, "cd")) // changed
-	if got, _ := m.get("tok"); got.alt != "" {
+	m.record("tok", at(4, "cd")) // changed
+	if got, _ := m.last("tok"); got.alt != "" {
 		t.Fatalf("new data kept the old alternative %q", got.alt)
 	}
 }
 
 func TestMemoryBound(t *testing.T) {
 	const max = 3
-	m := newMemory(max)
+	m := newTokenMemory(max)
 	for i := range 5 {
-		m.saw(fmt.Sprint("tok", i), sighting{rev: int64(i + 1), stored: true})
+		m.record(fmt.Sprint("tok", i), tokenState{rev: int64(i + 1), stored: true})
 		if i == 2 {
-			m.get("tok0") // used again: now the most recent
+			m.last("tok0") // used again: now the most recent
 		}
 	}
 	if m.len() != max {
 		t.Fatalf("len %d, want the bound %d", m.len(), max)
 	}
 	for tok, want := range map[string]bool{"tok0": true, "tok1": false, "tok2": false, "tok3": true, "tok4": true} {
-		if _, ok := m.get(tok); ok != want {
+		if _, ok := m.last(tok); ok != want {
 			t.Errorf("%s remembered = %v, want %v", tok, ok, want)
 		}
 	}

@@ -1,0 +1,182 @@
+package etcdstore
+
+import (
+	"time"
+
+	"github.com/alexedwards/scs/v2"
+)
+
+// Option configures an EtcdStore. Options are applied in order by New and
+// NewWithPrefix.
+type Option func(*options)
+
+// options is what the options set; withDefaults fills in the rest.
+type options struct {
+	bucket     time.Duration // WithLeaseBucket; 0: adaptive
+	maxKeys    int           // WithMaxKeysPerLease
+	pageSize   int           // WithPageSize
+	touch      time.Duration // WithTouchInterval; 0: none
+	codec      scs.Codec     // WithCodec
+	remembered int           // WithRememberedTokens
+	timeout    time.Duration // WithTimeout
+	principal  string        // WithPrincipal; "": no index
+	cache      bool          // WithReadCache
+}
+
+// The defaults of the options.
+const (
+	// defaultPageSize is how many keys All reads per request.
+	defaultPageSize = 1000
+	// defaultMaxKeysPerLease caps the keys attached to one lease, as
+	// Kubernetes does (kubernetes#96836): revoking a lease deletes all its
+	// keys in one backend transaction.
+	defaultMaxKeysPerLease = 1000
+	// defaultRememberedTokens is how many tokens the store remembers.
+	defaultRememberedTokens = 100_000
+	// defaultTimeout is the store's deadline for a call when the caller's
+	// context has none sooner: about what go-redis allows a command (3 s
+	// read plus 3 s write timeout).
+	defaultTimeout = 5 * time.Second
+)
+
+// withDefaults returns o with every value an option left out, zero or
+// negative replaced by its default. It does no I/O.
+func (o options) withDefaults() options {
+	if o.bucket < 0 {
+		o.bucket = 0
+	}
+	if o.maxKeys <= 0 {
+		o.maxKeys = defaultMaxKeysPerLease
+	}
+	if o.pageSize <= 0 {
+		o.pageSize = defaultPageSize
+	}
+	if o.touch < 0 {
+		o.touch = 0
+	}
+	if o.codec == nil {
+		o.codec = scs.GobCodec{}
+	}
+	if o.remembered <= 0 {
+		o.remembered = defaultRememberedTokens
+	}
+	if o.timeout <= 0 {
+		o.timeout = defaultTimeout
+	}
+	return o
+}
+
+// WithLeaseBucket fixes the width of the time buckets whose sessions share
+// a lease: sessions that expire in the same bucket share one lease, whose
+// TTL reaches the bucket's end, so a session's key outlives its expiry by
+// less than d plus one second (the envelope hides it meanwhile). Wider
+// buckets mean fewer leases. Zero or negative means the default: 1/20 of
+// the session's remaining lifetime, rounded down to a power of two
+// seconds, between 1 s and 60 s.
+func WithLeaseBucket(d time.Duration) Option {
+	return func(o *options) { o.bucket = d }
+}
+
+// WithMaxKeysPerLease caps how many keys the store attaches to one lease
+// before it grants another. Revoking or expiring a lease deletes all its
+// keys in one etcd backend transaction, so huge leases stall etcd
+// (kubernetes#96836); Kubernetes caps them at 1000. Each Commit counts as
+// one key, even when it rewrites a session already on the lease. Zero or
+// negative means the default, 1000.
+func WithMaxKeysPerLease(n int) Option {
+	return func(o *options) { o.maxKeys = n }
+}
+
+// WithPageSize sets how many keys All and AllCtx read from etcd per
+// request. Zero or negative means the default, 1000.
+func WithPageSize(n int) Option {
+	return func(o *options) { o.pageSize = n }
+}
+
+// WithTouchInterval makes a commit that only pushes a session's expiry
+// back by less than d write nothing: when the session's data is what the
+// store last read or wrote for its token (as the codec decodes it; see
+// WithCodec) and the commit's expiry is no earlier than the stored one
+// and less than d later, the stored session stands as it is. Changed data
+// is always written at once, and so is a session whose stored expiry has
+// passed. The store then keeps each remembered session's data in memory
+// (see WithRememberedTokens).
+//
+// With SCS's IdleTimeout every request commits its session, changed or
+// not (scs v2.9.0 data.go, Load), and each commit is an etcd raft write.
+// With d = IdleTimeout/2, an unchanged session is written about once per
+// d instead, and a session idle for IdleTimeout expires between
+// IdleTimeout - d and IdleTimeout after its last request: up to d
+// earlier than SCS computed, never later. Keep d well below IdleTimeout;
+// with d >= IdleTimeout a session in steady use would expire a fixed time
+// after its last write.
+//
+// Zero or negative, the default, writes on every commit.
+func WithTouchInterval(d time.Duration) Option {
+	return func(o *options) { o.touch = d }
+}
+
+// WithCodec sets the codec that the session manager encodes sessions
+// with (scs.SessionManager.Codec), which WithTouchInterval uses to tell
+// whether a commit changes a session (SCS's GobCodec writes a session's
+// values in random map order, so equal sessions often encode to different
+// bytes) and WithPrincipal to read a session's principal. Data the codec
+// cannot decode is always written, has no principal, and is counted in
+// Stats as a CodecError: a codec other than the manager's shows there.
+// The codec must be safe for concurrent use, as SCS requires of it
+// already. nil means the default, scs.GobCodec{}, SCS's default.
+func WithCodec(c scs.Codec) Option {
+	return func(o *options) { o.codec = c }
+}
+
+// WithRememberedTokens sets how many tokens the store remembers (see
+// Remembered tokens in the package documentation); past it, the least
+// recently used are forgotten, and a forgotten token's commit takes one
+// more round trip. Each costs a few hundred bytes, plus with
+// WithTouchInterval the session's data (docs/performance.md, memory).
+// Zero or negative means the default, 100,000.
+func WithRememberedTokens(n int) Option {
+	return func(o *options) { o.remembered = n }
+}
+
+// WithTimeout sets the deadline of each call of the store (each page of
+// All), counted from its start, unless the caller's context ends sooner:
+// a call that etcd has not answered by then returns an error wrapping
+// context.DeadlineExceeded, so no call waits longer for an etcd that is
+// down or has no leader. Failures that a leader change or a lost
+// connection explains are tried again within it. Zero or negative means
+// the default, 5 s.
+func WithTimeout(d time.Duration) Option {
+	return func(o *options) { o.timeout = d }
+}
+
+// WithPrincipal makes the store keep an index of sessions by principal:
+// the string form (fmt.Sprint) of the session value under key, as the
+// codec (WithCodec) decodes the data, such as the user ID an app puts
+// into the session at login. A session without the key, with a nil value
+// or one whose string form is empty, or whose data the codec cannot
+// decode, has no principal. FindByPrincipal and DeleteByPrincipal need it.
+//
+// SCS holds a session's lock while it commits, so the store decodes the
+// data it is given rather than asking the session manager. With it, a
+// Find decodes the session too, to know what to remove from the index
+// when the session changes hands or is deleted, and a commit of a session
+// with a principal is one Txn that writes two keys.
+func WithPrincipal(key string) Option {
+	return func(o *options) { o.principal = key }
+}
+
+// WithReadCache makes Find and All answer from a copy of the store's
+// sessions in memory, kept by one etcd watch, while staying linearizable:
+// a session committed or deleted by any app server before a Find begins is
+// seen by that Find (see The read cache in the package documentation).
+// Every app server then holds every session of the prefix in memory
+// (docs/performance.md, reads from memory).
+//
+// The store starts a goroutine for the watch, which first asks every
+// endpoint its etcd version; Close stops it. The cache turns itself off,
+// and reads go to etcd, on servers older than 3.4.31 or 3.5.13, whose
+// progress notifications it cannot trust.
+func WithReadCache() Option {
+	return func(o *options) { o.cache = true }
+}
