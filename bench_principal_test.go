@@ -67,7 +67,7 @@ func BenchmarkCommitWithPrincipal(b *testing.B) {
 	// keys, made by hand.
 	indexKeys := make([]string, hotSessions)
 	for i, t := range rawTokens {
-		indexKeys[i] = etcdstore.PrincipalIndexRange(etcdstore.DefaultPrefix) + "0123456789abcdef0123456789abcdef/" + t
+		indexKeys[i] = etcdstore.PrincipalIndexPrefix(etcdstore.DefaultPrefix) + "0123456789abcdef0123456789abcdef/" + t
 	}
 	twoKeysOp := contender{"raw-guarded-txn-2-keys", func(i int) error {
 		key := keys[i%hotSessions]

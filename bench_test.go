@@ -209,11 +209,11 @@ func BenchmarkTouch(b *testing.B) {
 	}
 }
 
-// BenchmarkMemory measures what the store's memory of tokens (memory.go)
+// BenchmarkMemory measures what the store's memory of tokens (tokens.go)
 // takes: it commits 100k sessions to 100k tokens through a store on a
 // stubbed client (no etcd: only the memory is measured) and reports the
 // heap the store then holds beyond an empty one, as bytes-per-token and
-// MB-per-100k. guard is the default, which keeps no data; touch-* keep
+// MB-per-100k. default keeps no data; touch-* keep
 // the session's data for WithTouchInterval, and touch-alt-* also the
 // other bytes of the same session, as after a commit of it in another
 // order. Left out of -short runs.
@@ -238,7 +238,7 @@ func BenchmarkMemory(b *testing.B) {
 		touch bool
 		alt   bool
 	}{
-		{"guard", 256, false, false},
+		{"default", 256, false, false},
 		{"touch-256B", 256, true, false},
 		{"touch-alt-256B", 256, true, true},
 		{"touch-4KiB", 4 << 10, true, false},

@@ -95,9 +95,7 @@
 // With WithTouchInterval the store also keeps each remembered session's
 // data, so that a commit that changes nothing but the expiry, as SCS makes
 // on every request with IdleTimeout, can be skipped (see its
-// documentation). Measured with BenchmarkMemory: about 230 bytes per
-// token, and with the touch interval 515 to 803 bytes per token for
-// sessions of 256 bytes.
+// documentation). What that costs in memory: docs/performance.md.
 //
 // # Sessions by user
 //
@@ -108,7 +106,7 @@
 // the ones the caller keeps, in time that does not grow with the number of
 // other sessions; reads verify each session against the index, so an
 // entry that outlived its session yields nothing. The index lies under
-// PrincipalIndexRange(prefix), outside every session prefix.
+// PrincipalIndexPrefix(prefix), outside every session prefix.
 //
 // # The read cache
 //
@@ -120,8 +118,9 @@
 // consistent reads from its watch cache (KEP-2340). While the copy is not
 // in sync, reads go to etcd. What the store remembers per token (above)
 // is recorded from the copy as from a Get. The cache stays off on etcd
-// servers older than 3.4.31 or 3.5.13 (etcd#15220). Close stops its
-// watch.
+// servers older than 3.4.31 or 3.5.13, whose progress notifications
+// Kubernetes does not trust (etcd#15220, etcd#17507, KEP-2340). Close
+// stops its watch.
 //
 // # Space
 //
@@ -166,9 +165,10 @@
 // # Stats
 //
 // Stats returns counts of calls, skipped touches, refused resurrections,
-// commit conflicts, lease grants, retries and errors by kind, for an
-// operator's dashboard;
-// the example app exports them to Prometheus.
+// commit conflicts, codec errors, lease grants, retries and errors by
+// kind, and latency histograms by method, for an operator's dashboard;
+// the package etcdstoreprom exports them to Prometheus, as the example
+// app does.
 //
 // # Errors
 //

@@ -340,6 +340,9 @@ func netApps(t *testing.T, c *etcdtest.Cluster, endpoints [2][]string) [2]*EtcdS
 // connections, and delivers what it held at the heal.
 func TestBlackholedEndpointUnderLoad(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("a load of 12 s or more")
+	}
 	c := etcdtest.StartCluster(t, 3)
 	apps := netApps(t, c, [2][]string{c.Endpoints(), c.Endpoints()})
 	leader := c.Leader()
@@ -358,6 +361,9 @@ func TestBlackholedEndpointUnderLoad(t *testing.T) {
 // at the heal.
 func TestPartitionedLeaderUnderLoad(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("a load of 12 s or more")
+	}
 	c := etcdtest.StartCluster(t, 3)
 	leader := c.Leader()
 	var majority []string
@@ -446,6 +452,9 @@ func sum(counts []int, from, to int) int {
 // three: rarely, on a loaded machine.
 func TestKeepaliveSkipsDeadEndpoint(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("a load of 12 s or more")
+	}
 	const (
 		hold    = 16 // seconds
 		workers = 4
@@ -496,6 +505,9 @@ func TestKeepaliveSkipsDeadEndpoint(t *testing.T) {
 // goes to another member: no commit fails.
 func TestMinorityMemberFailsOver(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("a load of 12 s or more")
+	}
 	c := etcdtest.StartCluster(t, 3)
 	s := NewWithPrefix(c.Client(t), faultPrefix(t))
 	cut := (c.Leader() + 1) % len(c.Members)

@@ -45,19 +45,19 @@ func indexKeys(t *testing.T, c *clientv3.Client, s *EtcdStore) []string {
 	return keys
 }
 
-// TestPrincipalIndexRange: index ranges lie outside every session range
+// TestPrincipalIndexPrefix: index ranges lie outside every session range
 // and apart whenever the session prefixes are apart.
-func TestPrincipalIndexRange(t *testing.T) {
+func TestPrincipalIndexPrefix(t *testing.T) {
 	prefixes := []string{"scs:session:", "app:", "app;", "app:user:", "app:admin:", "1:", "12:", "a/", "a", "\xff", "\x00"}
 	clash := func(a, b string) bool { return strings.HasPrefix(a, b) || strings.HasPrefix(b, a) }
 	for _, p := range prefixes {
 		for _, q := range prefixes {
-			if p != q && !clash(p, q) && clash(PrincipalIndexRange(p), PrincipalIndexRange(q)) {
-				t.Errorf("index ranges of %q and %q clash: %q, %q", p, q, PrincipalIndexRange(p), PrincipalIndexRange(q))
+			if p != q && !clash(p, q) && clash(PrincipalIndexPrefix(p), PrincipalIndexPrefix(q)) {
+				t.Errorf("index ranges of %q and %q clash: %q, %q", p, q, PrincipalIndexPrefix(p), PrincipalIndexPrefix(q))
 			}
 		}
-		if clash(PrincipalIndexRange(p), p) {
-			t.Errorf("index range of %q, %q, clashes with its sessions", p, PrincipalIndexRange(p))
+		if clash(PrincipalIndexPrefix(p), p) {
+			t.Errorf("index range of %q, %q, clashes with its sessions", p, PrincipalIndexPrefix(p))
 		}
 	}
 }

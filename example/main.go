@@ -72,6 +72,7 @@ type config struct {
 	lifetime  time.Duration // scs.SessionManager.Lifetime
 	timeout   time.Duration // etcdstore.WithTimeout
 	cache     bool          // etcdstore.WithReadCache
+	wait      time.Duration // how long to wait for etcd at startup; 0: etcdTimeout
 }
 
 // parseFlags reads the configuration from the command-line arguments.
@@ -85,13 +86,18 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs.StringVar(&cfg.dataDir, "data", "etcd-data", "data `directory` of the embedded etcd")
 	fs.StringVar(&cfg.prefix, "prefix", etcdstore.DefaultPrefix, "etcd key `prefix` of the sessions")
 	fs.DurationVar(&cfg.idle, "idle", 20*time.Minute, "a session expires after this long without a request; 0 for never")
-	fs.DurationVar(&cfg.touch, "touch", 10*time.Minute, "a request that changes nothing writes its session again only once its expiry moves this far; 0 writes on every request (etcdstore.WithTouchInterval)")
+	fs.DurationVar(&cfg.touch, "touch", 0, "a request that changes nothing writes its session again only once its expiry moves this far; 0 writes on every request (etcdstore.WithTouchInterval) (default half of -idle)")
 	fs.DurationVar(&cfg.compact, "compact", 0, "compact the etcd cluster this often, taking turns with the other app servers (etcdstore.RunCompactor), for a cluster that holds only sessions; 0 for never (the embedded etcd compacts itself)")
 	fs.DurationVar(&cfg.lifetime, "lifetime", 24*time.Hour, "a session expires this long after it began, however active")
 	fs.BoolVar(&cfg.cache, "cache", false, "answer session reads from a watch-fed copy of the sessions in memory, still linearizable (etcdstore.WithReadCache)")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "a request fails with a 500 when etcd has not answered the session store in this long (etcdstore.WithTimeout)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
+	}
+	touchSet := false
+	fs.Visit(func(f *flag.Flag) { touchSet = touchSet || f.Name == "touch" })
+	if !touchSet {
+		cfg.touch = cfg.idle / 2
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -234,6 +240,10 @@ func (c *etcdConn) close() {
 // the cluster answers a read.
 func connect(ctx context.Context, cfg config) (*etcdConn, error) {
 	conn := &etcdConn{}
+	wait := cfg.wait
+	if wait <= 0 {
+		wait = etcdTimeout
+	}
 	endpoints := cfg.endpoints
 	if len(endpoints) == 0 {
 		member, err := embedetcd.Start(embedetcd.Local("default", cfg.dataDir), etcdTimeout)
@@ -269,11 +279,17 @@ func connect(ctx context.Context, cfg config) (*etcdConn, error) {
 	conn.client = client
 	// The read etcdctl's "endpoint health" makes: it needs a quorum, so
 	// a cluster that answers it can serve the store.
-	readyCtx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	if conn.member == nil {
+		log.Printf("waiting for etcd at %s (at most %v)", strings.Join(endpoints, ","), wait)
+	}
+	readyCtx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	if _, err := client.Get(readyCtx, "health"); err != nil {
 		conn.close()
-		return nil, fmt.Errorf("etcd at %v: %w", endpoints, err)
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("etcd at %s did not answer within %v: is it running, are these its client URLs (-etcd), and does it have a leader? (%w)", strings.Join(endpoints, ","), wait, err)
+		}
+		return nil, fmt.Errorf("etcd at %s: %w", strings.Join(endpoints, ","), err)
 	}
 	return conn, nil
 }

@@ -74,14 +74,19 @@ func TestServeKeepsSessionsAcrossRestarts(t *testing.T) {
 	// The store's stats, for Prometheus: this run's two requests with a
 	// cookie found their session, and the second listed all.
 	metrics := ann.MustGet(base, "/metrics")
-	for _, want := range []string{`etcdstore_calls_total{method="find"} 2`, `etcdstore_calls_total{method="all"} 1`, `etcdstore_errors_total{kind="timeout"} 0`} {
+	for _, want := range []string{
+		`etcdstore_calls_total{method="find",store="sessions"} 2`,
+		`etcdstore_calls_total{method="all",store="sessions"} 1`,
+		`etcdstore_call_duration_seconds_count{method="find",store="sessions"} 2`,
+		`etcdstore_errors_total{kind="timeout",store="sessions"} 0`,
+	} {
 		if !strings.Contains(metrics, want+"\n") {
 			t.Errorf("/metrics has no line %q:\n%s", want, metrics)
 		}
 	}
 	// With -cache, the three reads came from the cache or, until it was
 	// in sync, from etcd.
-	hits, fallbacks := metricValue(t, metrics, `etcdstore_cache_reads_total{result="hit"}`), metricValue(t, metrics, `etcdstore_cache_reads_total{result="fallback"}`)
+	hits, fallbacks := metricValue(t, metrics, `etcdstore_cache_reads_total{result="hit",store="sessions"}`), metricValue(t, metrics, `etcdstore_cache_reads_total{result="fallback",store="sessions"}`)
 	if hits+fallbacks != 3 {
 		t.Errorf("cache reads: %v hits and %v fallbacks, want 3 in all", hits, fallbacks)
 	}
@@ -112,6 +117,21 @@ func TestParseFlags(t *testing.T) {
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q): no error", args)
+		}
+	}
+	// -touch follows -idle unless set.
+	for _, tc := range []struct {
+		args  []string
+		touch time.Duration
+	}{
+		{nil, 10 * time.Minute},
+		{[]string{"-idle", "5m"}, 150 * time.Second},
+		{[]string{"-idle", "0"}, 0},
+		{[]string{"-idle", "5m", "-touch", "0"}, 0},
+		{[]string{"-idle", "5m", "-touch", "1m"}, time.Minute},
+	} {
+		if cfg, err := parseFlags(tc.args, io.Discard); err != nil || cfg.touch != tc.touch {
+			t.Errorf("parseFlags(%q): touch %v, %v; want %v", tc.args, cfg.touch, err, tc.touch)
 		}
 	}
 }
@@ -147,4 +167,20 @@ func metricValue(t *testing.T, metrics, name string) float64 {
 	}
 	t.Fatalf("no metric %s", name)
 	return 0
+}
+
+// TestUnreachableEtcd: an -etcd that does not answer fails the start with
+// a message that says what to check.
+func TestUnreachableEtcd(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	_, err = connect(context.Background(), config{endpoints: []string{"http://" + addr}, wait: 300 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "did not answer within 300ms") || !strings.Contains(err.Error(), "-etcd") {
+		t.Fatalf("connect to a closed port = %v, want an error that says what to check", err)
+	}
 }

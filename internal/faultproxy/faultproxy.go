@@ -175,7 +175,14 @@ func (p *Proxy) serve() {
 		if err != nil {
 			return // closed
 		}
-		p.wg.Go(func() { p.forward(in) })
+		// Tracked from its accept on, so that Reset and Close reach a
+		// connection still being set up.
+		c := &link{in: in}
+		if !p.track(c) {
+			in.Close()
+			continue
+		}
+		p.wg.Go(func() { p.forward(c) })
 	}
 }
 
@@ -190,34 +197,40 @@ type link struct {
 func (c *link) closeLocked() {
 	c.closed = true
 	c.in.Close()
-	c.out.Close()
+	if c.out != nil {
+		c.out.Close()
+	}
 }
 
-// forward copies between in and a new connection to the target until
+// forward copies between c's connection and a new one to the target until
 // either side ends or the proxy closes them.
-func (p *Proxy) forward(in net.Conn) {
+func (p *Proxy) forward(c *link) {
+	defer p.untrack(c)
+	in := c.in
 	p.mu.Lock()
-	target, refuse := p.target, p.refuse || p.closed
+	target := p.target
 	p.mu.Unlock()
-	if refuse {
-		in.Close()
-		return
-	}
 	out, err := net.DialTimeout("tcp", target, dialTimeout)
 	if err != nil {
 		in.Close() // the target is down: refuse, as its port would
 		return
 	}
-	c := &link{in: in, out: out}
 	src := io.Reader(in)
 	if p.label != nil {
 		r := bufio.NewReader(in)
 		in.SetReadDeadline(time.Now().Add(labelTimeout))
-		c.label = p.label(r)
+		label := p.label(r)
 		in.SetReadDeadline(time.Time{})
+		p.mu.Lock()
+		c.label = label
+		p.mu.Unlock()
 		src = r
 	}
-	if !p.track(c) {
+	p.mu.Lock()
+	c.out = out
+	closed := c.closed
+	p.mu.Unlock()
+	if closed {
 		in.Close()
 		out.Close()
 		return
@@ -231,7 +244,6 @@ func (p *Proxy) forward(in net.Conn) {
 	in.Close()
 	out.Close()
 	<-done
-	p.untrack(c)
 }
 
 // copy copies from src to dst, waiting while c is held before each write,

@@ -131,8 +131,10 @@ func TestReset(t *testing.T) {
 	t.Parallel()
 	p := start(t, echoServer(t))
 	held, open := dial(t, p), dial(t, p)
-	send(t, open, "x")
-	expect(t, open, "x")
+	for _, c := range []net.Conn{held, open} {
+		send(t, c, "x")
+		expect(t, c, "x")
+	}
 	p.Hold()
 	send(t, held, "lost")
 	p.Reset()
