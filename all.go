@@ -125,7 +125,7 @@ func (a *snapshot) add(c call, token string, kv storedKV) error {
 }
 
 // remember records the states of the sessions added since the last call,
-// under one lock of the memory.
+// under one lock of the token memory.
 func (a *snapshot) remember() {
 	a.s.tokens.recordAll(a.tokens, a.states)
 	a.tokens, a.states = a.tokens[:0], a.states[:0]

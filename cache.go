@@ -2,7 +2,6 @@ package etcdstore
 
 import (
 	"context"
-	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,7 +40,8 @@ import (
 // fixed progress notifications on watches of a key range (KEP-2340). The
 // cache asks every endpoint its version first and stays off, every read
 // going to etcd, unless all that answer are at least those; an endpoint
-// that does not answer is asked again before each list.
+// that does not answer is asked again before each list, and the watch
+// applies only what members it has checked send.
 
 const (
 	// cacheCatchUp bounds how long a read waits for the watch to reach
@@ -129,19 +129,18 @@ func (c *readCache) close() {
 // etcd whose progress notifications it cannot trust.
 func (c *readCache) run(ctx context.Context) {
 	defer close(c.done)
-	checked := make(map[string]bool) // endpoints whose version was trusted
+	v := versions{endpoints: make(map[string]bool), members: make(map[uint64]bool)}
 	for ctx.Err() == nil {
-		answered, trusted := c.checkVersions(ctx, checked)
-		if !trusted {
+		if !c.checkVersions(ctx, v) {
 			return
 		}
-		if answered {
+		if len(v.members) > 0 {
 			rev, err := c.list(ctx)
 			if err == nil {
 				if c.afterList != nil {
 					c.afterList()
 				}
-				c.watch(ctx, rev)
+				c.watch(ctx, rev, v.members)
 			}
 			c.unsync()
 		}
@@ -152,14 +151,21 @@ func (c *readCache) run(ctx context.Context) {
 	}
 }
 
-// checkVersions asks each endpoint not in checked its etcd version, and
-// adds those it trusts. It reports whether any endpoint has been checked,
-// and false for trusted once one answers with a version it does not
-// trust. An endpoint that does not answer within an attempt's share of
-// the store's timeout is asked again next time.
-func (c *readCache) checkVersions(ctx context.Context, checked map[string]bool) (answered, trusted bool) {
+// versions is what the cache learned of its endpoints' etcd versions:
+// the endpoints checked and the IDs of the members whose version it
+// trusts, the only ones whose watch responses it applies.
+type versions struct {
+	endpoints map[string]bool
+	members   map[uint64]bool
+}
+
+// checkVersions asks each endpoint not yet checked its etcd version, and
+// records those it trusts; it reports false once one answers with a
+// version it does not trust. An endpoint that does not answer within an
+// attempt's share of the store's timeout is asked again next time.
+func (c *readCache) checkVersions(ctx context.Context, v versions) bool {
 	for _, ep := range c.client.Endpoints() {
-		if checked[ep] {
+		if v.endpoints[ep] {
 			continue
 		}
 		sctx, cancel := context.WithTimeout(ctx, c.calls.timeout/attemptShare)
@@ -169,11 +175,11 @@ func (c *readCache) checkVersions(ctx context.Context, checked map[string]bool) 
 			continue
 		}
 		if !progressTrusted(st.Version) {
-			return true, false
+			return false
 		}
-		checked[ep] = true
+		v.endpoints[ep], v.members[st.Header.MemberId] = true, true
 	}
-	return len(checked) > 0, true
+	return true
 }
 
 // progressTrusted reports whether an etcd server of version (as Status
@@ -224,12 +230,15 @@ func (c *readCache) list(ctx context.Context) (int64, error) {
 	return rev, nil
 }
 
-// watch applies the events after rev until the watch ends.
-func (c *readCache) watch(ctx context.Context, rev int64) {
+// watch applies the events after rev until the watch ends, or until a
+// response comes from a member not in trusted: the client may resume a
+// broken watch on another endpoint, one that did not answer when the
+// versions were checked, and the copy is then listed again once it has.
+func (c *readCache) watch(ctx context.Context, rev int64, trusted map[uint64]bool) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	for resp := range c.client.Watch(wctx, c.keys.prefix, clientv3.WithRange(c.keys.end), clientv3.WithRev(rev+1)) {
-		if resp.Err() != nil || resp.Canceled {
+		if resp.Err() != nil || resp.Canceled || !trusted[resp.Header.MemberId] {
 			return
 		}
 		c.mu.Lock()
@@ -325,9 +334,9 @@ func (c *readCache) startLocked() {
 	}
 	c.inFlight = true
 	c.wg.Go(func() {
-		// A count of one key that never exists: linearizable, and it
-		// reads no data. It gets an attempt's share of the store's
-		// timeout; its readers wait for it no longer than theirs.
+		// A count-only read of one key: linearizable, and it reads no
+		// data. It gets an attempt's share of the store's timeout; its
+		// readers wait for it no longer than theirs.
 		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(c.ctx), c.calls.timeout/attemptShare)
 		resp, err := c.client.Get(ctx, c.keys.prefix, clientv3.WithCountOnly())
 		cancel()
@@ -344,9 +353,6 @@ func (c *readCache) startLocked() {
 		c.bmu.Unlock()
 	})
 }
-
-// errNotSynced says the copy cannot serve a read now.
-var errNotSynced = errors.New("read cache not in sync")
 
 // waitRLocked returns holding c.mu's read lock once the copy has applied
 // every event up to rev, or returns an error, without the lock, when the

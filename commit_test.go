@@ -73,7 +73,7 @@ func TestTombstone(t *testing.T) {
 		t.Fatalf("tombstone = %q, want %q", tombstone, want)
 	}
 	if _, _, live, err := decodeStored([]byte(tombstone), time.Unix(0, 1)); live || err != nil {
-		t.Fatalf("open(tombstone) = live %v, %v; want expired", live, err)
+		t.Fatalf("decodeStored(tombstone) = live %v, %v; want expired", live, err)
 	}
 	for _, v := range []string{
 		encodeEnvelope(time.Unix(0, 0), []byte("x")),

@@ -129,8 +129,8 @@
 // alarm is disarmed; a commit then fails with an error that wraps
 // rpctypes.ErrNoSpace and names the way out. Turn on etcd's periodic
 // auto-compaction, or, on a cluster that holds only sessions, run
-// RunCompactor on the app servers. README.md and docs/capacity.md give
-// measured sizes and the quota a deployment needs.
+// RunCompactor on the app servers. docs/capacity.md gives measured sizes
+// and the quota a deployment needs.
 //
 // # Deadlines and retries
 //

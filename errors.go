@@ -19,9 +19,10 @@ import (
 // written; the store keeps working.
 var ErrValueTooLarge = errors.New("etcdstore: session too large for etcd")
 
-// ErrClientClosed is wrapped by the error every method returns, at once
-// and without a request, once the etcd client the store was made with is
-// closed. The error wraps context.Canceled too (the client's context is
+// ErrClientClosed is wrapped by the error every method that would ask
+// etcd returns, at once and without a request, once the etcd client the
+// store was made with is closed (a token over MaxTokenLen needs no
+// request, and gets no error). The error wraps context.Canceled too (the client's context is
 // canceled when it closes), but errors.Is(err, ErrClientClosed) tells it
 // from a canceled request.
 var ErrClientClosed = errors.New("etcd client is closed")
@@ -33,6 +34,10 @@ var ErrNoPrincipal = errors.New("etcdstore: the store keeps no index of sessions
 
 // errCorrupt marks the error of a stored value that does not decode.
 var errCorrupt = errors.New("etcdstore: corrupt session value")
+
+// errNotSynced says the read cache cannot serve a read now; the read goes
+// to etcd.
+var errNotSynced = errors.New("read cache not in sync")
 
 // errNoPrincipal is the error of method on a store made without
 // WithPrincipal.

@@ -67,7 +67,8 @@ type retrier struct {
 }
 
 // clock is the time the retrier reads and waits on; tests give it one that
-// does not wait.
+// does not wait. The deadlines of the attempts' contexts, which gRPC
+// enforces, run on the system's clock.
 type clock interface {
 	Now() time.Time
 	// Sleep waits d, or until ctx ends, and returns ctx's error if so.
@@ -102,11 +103,6 @@ func (r *retrier) newCall(ctx context.Context) call {
 		deadline = d
 	}
 	return call{ctx: clientv3.WithRequireLeader(ctx), deadline: deadline, share: deadline.Sub(start) / attemptShare}
-}
-
-// retry runs attempt within a call of its own: see do.
-func (r *retrier) retry(ctx context.Context, attempt func(ctx context.Context) error) error {
-	return r.do(r.newCall(ctx), attempt)
 }
 
 // do calls attempt until it succeeds, fails in a way no retry can fix, or

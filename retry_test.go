@@ -84,10 +84,10 @@ func TestRetryStopsAtDeadline(t *testing.T) {
 		{"success after two failures", rpctypes.ErrLeaderChanged, 2, 0, 3, 3, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			clock := &fakeClock{now: time.Unix(1_000_000, 0)}
+			clock := &fakeClock{now: time.Now()}
 			r := &retrier{timeout: 5 * time.Second, clock: clock}
 			n := 0
-			err := r.retry(context.Background(), func(context.Context) error {
+			err := r.do(r.newCall(context.Background()), func(context.Context) error {
 				n++
 				clock.now = clock.now.Add(tc.takes)
 				if tc.failures >= 0 && n > tc.failures {
@@ -121,7 +121,7 @@ func TestRetryStopsAtDeadline(t *testing.T) {
 
 // TestRetryValue: the value is the successful attempt's.
 func TestRetryValue(t *testing.T) {
-	r := &retrier{timeout: time.Second, clock: &fakeClock{now: time.Unix(1, 0)}}
+	r := &retrier{timeout: time.Second, clock: &fakeClock{now: time.Now()}}
 	n := 0
 	v, err := retryValue(r, r.newCall(context.Background()), func(context.Context) (int, error) {
 		n++

@@ -36,11 +36,12 @@ type Stats struct {
 	// came first, or the store did not remember the token) and was made
 	// again on the new revision: one more round trip each.
 	CommitConflicts int64
-	// CodecErrors counts session data the codec could not decode, when
-	// the store needed to (WithTouchInterval, WithPrincipal): the data is
-	// written all the same, but touches are not skipped and no principal
-	// is indexed. More than a few mean that WithCodec is not the session
-	// manager's codec.
+	// CodecErrors counts the times the codec could not decode session
+	// data the store needed to read (WithTouchInterval, WithPrincipal):
+	// the data is written all the same, but its touches are not skipped
+	// and no principal is indexed. Any means that WithCodec is not the
+	// session manager's codec, or that something else writes under the
+	// prefix.
 	CodecErrors int64
 
 	LeaseGrants int64 // leases granted

@@ -9,8 +9,8 @@
 // Stats when Prometheus scrapes, and is safe for concurrent use. The
 // metrics, and what to alert on:
 //
-//	etcdstore_calls_total{method}          counter: calls of Find, Commit, Delete, All,
-//	                                       FindByPrincipal, DeleteByPrincipal.
+//	etcdstore_calls_total{method}          counter: calls, by method: find, commit, delete,
+//	                                       all, find_by_principal, delete_by_principal.
 //	etcdstore_call_duration_seconds{method} histogram: their durations, errors included.
 //	                                       Alert on the p99 of find and commit nearing
 //	                                       WithTimeout (5 s by default): etcd is failing
@@ -30,9 +30,9 @@
 //	                                       having been deleted (a logout overtook them).
 //	etcdstore_touches_skipped_total        counter: commits that wrote nothing, with
 //	                                       WithTouchInterval.
-//	etcdstore_codec_errors_total           counter: session data the codec could not
-//	                                       decode. Alert on any: WithCodec is not the
-//	                                       session manager's codec.
+//	etcdstore_codec_errors_total           counter: times the codec could not decode
+//	                                       session data. Alert on any: WithCodec is not
+//	                                       the session manager's codec.
 //	etcdstore_lease_grants_total           counter: etcd leases granted (about one per
 //	                                       1000 commits a bucket).
 //	etcdstore_leases                       gauge: leases the store may still use.
