@@ -112,19 +112,27 @@ func (s sample) allocsPerOp() float64 { return float64(s.mallocs) / float64(s.n)
 // chunks only. It returns the samples of the store and of the baselines.
 func interleave(b *testing.B, between func(), store contender, baselines ...contender) (sample, []sample) {
 	b.Helper()
+	return interleaveOn(b, benchGoroutines, between, store, baselines...)
+}
+
+// interleaveOn is interleave on the given number of goroutines, in
+// chunks of at least 8 operations a goroutine.
+func interleaveOn(b *testing.B, goroutines int, between func(), store contender, baselines ...contender) (sample, []sample) {
+	b.Helper()
 	b.ReportAllocs()
+	chunk := max(chunkOps, 8*goroutines)
 	all := append([]contender{store}, baselines...)
 	samples := make([]sample, len(all))
 	b.ResetTimer()
 	b.StopTimer()
 	for round := 0; samples[0].n < b.N; round++ {
-		n := min(chunkOps, b.N-samples[0].n)
+		n := min(chunk, b.N-samples[0].n)
 		for k := range all {
 			c := (round + k) % len(all)
 			if c == 0 {
 				b.StartTimer()
 			}
-			err := runChunk(&samples[c], n, benchGoroutines, all[c].op)
+			err := runChunk(&samples[c], n, goroutines, all[c].op)
 			if c == 0 {
 				b.StopTimer()
 			}

@@ -66,8 +66,8 @@ func faultWaitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// commitResult is the outcome of one commit of a load.
-type commitResult struct {
+// commitOutcome is the outcome of one commit of a load.
+type commitOutcome struct {
 	token      string
 	start, end time.Time
 	err        error
@@ -81,7 +81,7 @@ type commitLoad struct {
 	stopc  chan struct{}
 	once   sync.Once
 	wg     sync.WaitGroup
-	byWork [][]commitResult // one slice per worker, written only by it until wg is done
+	byWork [][]commitOutcome // one slice per worker, written only by it until wg is done
 }
 
 // startCommitLoad starts workers goroutines committing sessions through
@@ -89,7 +89,7 @@ type commitLoad struct {
 // ends, if the test has not stopped it.
 func startCommitLoad(t *testing.T, s *EtcdStore, workers int) *commitLoad {
 	t.Helper()
-	l := &commitLoad{stopc: make(chan struct{}), byWork: make([][]commitResult, workers)}
+	l := &commitLoad{stopc: make(chan struct{}), byWork: make([][]commitOutcome, workers)}
 	for w := range workers {
 		l.wg.Go(func() {
 			for i := range faultLoadCap {
@@ -120,7 +120,7 @@ func startCommitLoad(t *testing.T, s *EtcdStore, workers int) *commitLoad {
 
 // commitOnce commits the session token with faultData and faultExpiry,
 // bounded by faultCommitTimeout, and reports how it went.
-func commitOnce(s *EtcdStore, token string) (r commitResult) {
+func commitOnce(s *EtcdStore, token string) (r commitOutcome) {
 	r.token = token
 	defer func() {
 		if p := recover(); p != nil {
@@ -138,10 +138,10 @@ func commitOnce(s *EtcdStore, token string) (r commitResult) {
 
 // stop stops the load, waits for its commits to return and returns them
 // all.
-func (l *commitLoad) stop() []commitResult {
+func (l *commitLoad) stop() []commitOutcome {
 	l.once.Do(func() { close(l.stopc) })
 	l.wg.Wait()
-	var all []commitResult
+	var all []commitOutcome
 	for _, rs := range l.byWork {
 		all = append(all, rs...)
 	}
@@ -155,7 +155,7 @@ type loadReport struct {
 	errs          map[string]int // error text without its varying parts, counted
 }
 
-func checkLoad(t *testing.T, results []commitResult) loadReport {
+func checkLoad(t *testing.T, results []commitOutcome) loadReport {
 	t.Helper()
 	rep := loadReport{errs: map[string]int{}}
 	for _, r := range results {
@@ -215,7 +215,7 @@ func faultAll(t *testing.T, s *EtcdStore) map[string][]byte {
 // lostSessions returns the acknowledged commits among results whose
 // session s does not hold with the data committed, reading all of them
 // in one snapshot and the last acknowledged one again with Find.
-func lostSessions(t *testing.T, s *EtcdStore, results []commitResult) []string {
+func lostSessions(t *testing.T, s *EtcdStore, results []commitOutcome) []string {
 	t.Helper()
 	all := faultAll(t, s)
 	var lost []string
@@ -244,11 +244,11 @@ func lostSessions(t *testing.T, s *EtcdStore, results []commitResult) []string {
 // in its own goroutine so that commits stuck on the lost leader until
 // their timeout do not hold back the next, and returns every probe's
 // result once all have returned.
-func probeRecovery(t *testing.T, s *EtcdStore) []commitResult {
+func probeRecovery(t *testing.T, s *EtcdStore) []commitOutcome {
 	t.Helper()
 	var (
 		mu      sync.Mutex
-		results []commitResult
+		results []commitOutcome
 		wg      sync.WaitGroup
 		ok      atomic.Bool
 	)

@@ -154,26 +154,39 @@ type pendingCommit struct {
 // revision after a concurrent commit of the session (see Conditional
 // writes).
 func (s *EtcdStore) commit(c call, w *pendingCommit) error {
+	batched := s.batches != nil
 	for {
-		resp, err := s.tryCommit(c, w)
+		var r commitResult
+		var err error
+		if batched {
+			// The first attempt in a batch (batch.go); should the batch
+			// fail as a whole, the commit is made again alone.
+			batched = false
+			if r, err = s.commitInBatch(c, w); err != nil && c.alive() {
+				if retryable(err) {
+					w.uncertain = true
+					s.calls.retries.Add(1)
+				}
+				continue
+			}
+		} else {
+			r, err = s.tryCommit(c, w)
+		}
 		if err != nil {
 			if tooLarge(err) {
 				return tooLargeError(err, len(w.key)+len(w.value))
 			}
 			return commitError(err)
 		}
-		if resp.Succeeded {
-			s.tokens.record(w.token, s.wrote(w, resp.Header.Revision))
+		if r.succeeded {
+			s.tokens.record(w.token, s.wrote(w, r.rev))
 			return nil
 		}
-		var cur *mvccpb.KeyValue
-		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			cur = kvs[0]
-		}
+		cur := r.cur
 		switch afterConflict(cur, w.value, w.uncertain) {
 		case conflictDeleted:
 			s.stats.refused.Add(1)
-			s.tokens.recordGone(w.token, resp.Header.Revision)
+			s.tokens.recordGone(w.token, r.rev)
 			return nil
 		case conflictLanded:
 			s.tokens.record(w.token, s.wrote(w, cur.ModRevision))
@@ -196,46 +209,91 @@ func (s *EtcdStore) commit(c call, w *pendingCommit) error {
 	}
 }
 
+// commitResult is etcd's answer to one attempt of a commit: whether its
+// compare held, the revision of the answer, and, when it did not, the key
+// as it stood (nil: no key).
+type commitResult struct {
+	succeeded bool
+	rev       int64
+	cur       *mvccpb.KeyValue
+}
+
+// resultOf is the commitResult of a commit's Txn answered with resp, at
+// revision rev.
+func resultOf(resp *clientv3.TxnResponse, rev int64) commitResult {
+	r := commitResult{succeeded: resp.Succeeded, rev: rev}
+	if !r.succeeded {
+		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			r.cur = kvs[0]
+		}
+	}
+	return r
+}
+
 // tryCommit makes w's Txn within c, as many times as c allows, and
 // returns etcd's answer.
-func (s *EtcdStore) tryCommit(c call, w *pendingCommit) (*clientv3.TxnResponse, error) {
-	return retryValue(s.calls, c, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-		resp, err := s.writeOnce(ctx, w)
+func (s *EtcdStore) tryCommit(c call, w *pendingCommit) (commitResult, error) {
+	return retryValue(s.calls, c, func(ctx context.Context) (commitResult, error) {
+		r, err := s.writeOnce(ctx, w)
 		if err != nil {
 			w.uncertain = true
 		}
-		return resp, err
+		return r, err
 	})
 }
 
-// writeOnce makes one attempt of w: a Txn that puts the session on a
-// lease that outlives its expiry, with its principal index operations,
-// if the key's mod revision is still w.rev, and returns what the key
-// holds otherwise. A lease that etcd no longer knows is forgotten, and
-// the Txn made once more on a fresh one: etcd refused it whole.
-func (s *EtcdStore) writeOnce(ctx context.Context, w *pendingCommit) (*clientv3.TxnResponse, error) {
+// writeOnce makes one attempt of w alone. A lease that etcd no longer
+// knows is forgotten, and the Txn made once more on a fresh one: etcd
+// refused it whole.
+func (s *EtcdStore) writeOnce(ctx context.Context, w *pendingCommit) (commitResult, error) {
 	for attempt := 0; ; attempt++ {
 		id, err := s.leases.acquire(ctx, w.now, w.expiry)
 		if err != nil {
-			return nil, err
+			return commitResult{}, err
 		}
-		ops := []clientv3.Op{clientv3.OpPut(w.key, w.value, clientv3.WithLease(id))}
-		if s.index != nil {
-			ops = append(ops, s.index.ops(w.token, w.base, w.baseKnown, w.principal, w.hasPrincipal, id)...)
-		}
-		resp, err := s.client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(w.key), "=", w.rev)).
-			Then(ops...).
-			Else(clientv3.OpGet(w.key)).
-			Commit()
+		cmps, then, els := s.commitTxn(w, id).Txn()
+		resp, err := s.client.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			s.leases.forget(id)
 			if attempt == 0 {
 				continue
 			}
 		}
-		return resp, err
+		if err != nil {
+			return commitResult{}, err
+		}
+		return resultOf(resp, resp.Header.Revision), nil
 	}
+}
+
+// commitInBatch makes the first attempt of w in the next batch of
+// commits (batch.go) and returns its answer, or the error of the batch.
+func (s *EtcdStore) commitInBatch(c call, w *pendingCommit) (commitResult, error) {
+	ctx, cancel := attemptContext(c)
+	id, err := s.leases.acquire(ctx, w.now, w.expiry)
+	cancel()
+	if err != nil {
+		return commitResult{}, err
+	}
+	r, err := s.batches.commits.do(&batchItem[commitResult]{c: c, key: w.key, size: len(w.key) + len(w.value), op: s.commitTxn(w, id)})
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		s.leases.forget(id)
+	}
+	return r, err
+}
+
+// commitTxn returns the Txn of w on lease id: if the key's mod revision
+// is still w.rev, put the session on the lease, with its principal index
+// operations; else get the key.
+func (s *EtcdStore) commitTxn(w *pendingCommit, id clientv3.LeaseID) clientv3.Op {
+	ops := []clientv3.Op{clientv3.OpPut(w.key, w.value, clientv3.WithLease(id))}
+	if s.index != nil {
+		ops = append(ops, s.index.ops(w.token, w.base, w.baseKnown, w.principal, w.hasPrincipal, id)...)
+	}
+	return clientv3.OpTxn(
+		[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(w.key), "=", w.rev)},
+		ops,
+		[]clientv3.Op{clientv3.OpGet(w.key)})
 }
 
 // conflict is what a commit whose compare failed does next.

@@ -122,6 +122,23 @@
 // Kubernetes does not trust (etcd#15220, etcd#17507, KEP-2340). Close
 // stops its watch.
 //
+// # Group commit and batched reads
+//
+// Concurrent calls share etcd requests (WithBatching, on by default):
+// while a commit or a read of the store's is in flight, others queue,
+// and the next request carries all of them, commits in one Txn of one
+// nested Txn each (one raft entry for all, each with its own compare and
+// outcome), reads in one read-only Txn of Gets (one linearizable read). A
+// call that finds nothing in flight goes at once, alone. A read joins only
+// a request that starts after it began, so reads stay linearizable. A
+// batch holds at most 64 commits or 128 reads and 1 MiB of keys and
+// values, within etcd's default --max-txn-ops and --max-request-bytes, and
+// never two writes of one key (a second commit of a token waits for the
+// next). A batch that fails as a whole is no call's failure: each call in
+// it is made again alone, within its own deadline; a call whose context
+// ends while it waits in the queue leaves it at once. Stats counts the
+// batches and the calls they carried.
+//
 // # Space
 //
 // etcd keeps every revision until it is compacted, and refuses every

@@ -36,17 +36,18 @@ var latestExpiry = time.Unix(0, math.MaxInt64)
 // An EtcdStore is safe for concurrent use by multiple goroutines, and by
 // several processes on the same etcd cluster and prefix.
 type EtcdStore struct {
-	client *clientv3.Client
-	keys   keyspace
-	calls  *retrier        // deadlines and retries
-	leases *leaseManager   // shared leases (lease.go)
-	tokens *tokenMemory    // what the store last saw of each token (tokens.go)
-	index  *principalIndex // WithPrincipal, or nil (principal.go)
-	cache  *readCache      // WithReadCache, or nil (cache.go)
-	codec  scs.Codec
-	touch  time.Duration    // WithTouchInterval, or 0
-	now    func() time.Time // time.Now; overridden in tests
-	stats  *stats
+	client  *clientv3.Client
+	keys    keyspace
+	calls   *retrier        // deadlines and retries
+	leases  *leaseManager   // shared leases (lease.go)
+	tokens  *tokenMemory    // what the store last saw of each token (tokens.go)
+	index   *principalIndex // WithPrincipal, or nil (principal.go)
+	cache   *readCache      // WithReadCache, or nil (cache.go)
+	batches *batching       // concurrent calls' shared requests, or nil (batch.go)
+	codec   scs.Codec
+	touch   time.Duration    // WithTouchInterval, or 0
+	now     func() time.Time // time.Now; overridden in tests
+	stats   *stats
 }
 
 // New returns a store that keeps sessions in etcd through client, under
@@ -91,6 +92,9 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 	}
 	if o.principal != "" {
 		s.index = newPrincipalIndex(o.principal, prefix, o.codec, s.stats)
+	}
+	if !o.noBatching {
+		s.batches = newBatching(client)
 	}
 	if o.cache {
 		s.cache = newReadCache(client, s.keys, s.calls)

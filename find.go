@@ -91,16 +91,26 @@ func (s *EtcdStore) get(c call, token string) (kv storedKV, present bool, rev in
 	}) {
 		return kv, present, rev, nil
 	}
+	key := s.keys.key(token)
+	if s.batches != nil {
+		// In the next batch of reads (batch.go); should the batch fail as
+		// a whole, the read is made again alone.
+		r, err := s.batches.reads.do(&batchItem[readResult]{c: c, key: key, size: len(key), op: clientv3.OpGet(key)})
+		if err == nil || !c.alive() {
+			return r.kv, r.present, r.rev, err
+		}
+		if retryable(err) {
+			s.calls.retries.Add(1)
+		}
+	}
 	resp, err := retryValue(s.calls, c, func(ctx context.Context) (*clientv3.GetResponse, error) {
-		return s.client.Get(ctx, s.keys.key(token))
+		return s.client.Get(ctx, key)
 	})
 	if err != nil {
 		return storedKV{}, false, 0, err
 	}
-	if len(resp.Kvs) == 0 {
-		return storedKV{}, false, resp.Header.Revision, nil
-	}
-	return kvOf(resp.Kvs[0]), true, resp.Header.Revision, nil
+	r := readOf(resp.Kvs, resp.Header.Revision)
+	return r.kv, r.present, r.rev, nil
 }
 
 // decodeStored decodes a stored value and reports whether it is live at

@@ -21,6 +21,7 @@ type options struct {
 	timeout    time.Duration // WithTimeout
 	principal  string        // WithPrincipal; "": no index
 	cache      bool          // WithReadCache
+	noBatching bool          // WithBatching(false)
 }
 
 // The defaults of the options.
@@ -164,6 +165,17 @@ func WithTimeout(d time.Duration) Option {
 // with a principal is one Txn that writes two keys.
 func WithPrincipal(key string) Option {
 	return func(o *options) { o.principal = key }
+}
+
+// WithBatching turns the sharing of etcd requests by concurrent calls on,
+// the default, or off: while a request of the store's is in flight,
+// commits queue for the next, which carries them all in one Txn (one raft
+// entry), and so do Finds that etcd answers (see Group commit and batched
+// reads in the package documentation). A call alone is sent at once.
+// Turn it off to compare, or where each commit must be a request of its
+// own.
+func WithBatching(on bool) Option {
+	return func(o *options) { o.noBatching = !on }
 }
 
 // WithReadCache makes Find and All answer from a copy of the store's

@@ -210,7 +210,7 @@ func TestLeasesRevokedUnderLoad(t *testing.T) {
 	if rep.failed > 0 {
 		t.Errorf("%d commits failed, want none: %s", rep.failed, rep.errSummary())
 	}
-	var after []commitResult
+	var after []commitOutcome
 	var vanished int
 	all := faultAll(t, s)
 	for _, r := range results {

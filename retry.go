@@ -91,6 +91,23 @@ func (wallClock) Sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// attemptEnd is when an attempt of c that starts at now ends: after one
+// share of the call's time, or at its deadline if less than two shares
+// would be left.
+func (c call) attemptEnd(now time.Time) time.Time {
+	end := now.Add(c.share)
+	if c.deadline.Sub(end) < c.share {
+		end = c.deadline
+	}
+	return end
+}
+
+// alive reports whether c may still make a request: its context has not
+// ended and its deadline has not passed.
+func (c call) alive() bool {
+	return c.ctx.Err() == nil && time.Now().Before(c.deadline)
+}
+
 // newCall starts a call made with ctx: its deadline is the store's timeout
 // from now, or ctx's deadline if sooner. Every request of the call asks
 // for a leader (clientv3.WithRequireLeader): a member cut off from the
@@ -118,11 +135,7 @@ func (r *retrier) do(c call, attempt func(ctx context.Context) error) error {
 	}
 	backoff := firstBackoff
 	for n := 1; ; n++ {
-		end := r.clock.Now().Add(c.share)
-		if c.deadline.Sub(end) < c.share {
-			end = c.deadline
-		}
-		actx, cancel := context.WithDeadline(c.ctx, end)
+		actx, cancel := context.WithDeadline(c.ctx, c.attemptEnd(r.clock.Now()))
 		err := attempt(actx)
 		cancel()
 		if err == nil {

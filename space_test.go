@@ -31,8 +31,10 @@ const (
 	// soakQuota is the members' --quota-backend-bytes.
 	soakQuota = 64 << 20
 	// soakRetention is the auto-compaction retention: the example's 5
-	// minutes scaled down in proportion to the quota.
-	soakRetention = 2 * time.Second
+	// minutes scaled down in proportion to the quota and to the rate at
+	// which the store commits here, about 35,000 a second with group
+	// commit (etcd holds 1 to 2 retentions of history: about 30 MB).
+	soakRetention = time.Second
 	// soakGoroutines commit concurrently, each session soakValue bytes,
 	// over soakTokens sessions, as SCS does with IdleTimeout.
 	soakGoroutines = 32

@@ -55,6 +55,14 @@ type Stats struct {
 	// Retries counts etcd requests tried again after a failure that a
 	// leader change or a lost connection explains.
 	Retries int64
+	// CommitBatches counts the requests that carried several commits, and
+	// BatchedCommits the commits they carried; ReadBatches and
+	// BatchedReads the same of Finds (WithBatching). RefusedBatches counts
+	// the batches of either kind that failed as a whole, whose calls were
+	// made again alone.
+	CommitBatches, BatchedCommits int64
+	ReadBatches, BatchedReads     int64
+	RefusedBatches                int64
 	// CacheReads counts the Finds and Alls that the read cache answered
 	// (WithReadCache); CacheFallbacks those it could not, which read
 	// from etcd: the cache was not in sync, or off on an old server.
@@ -233,6 +241,11 @@ func (s *EtcdStore) Stats() Stats {
 	}
 	if s.cache != nil {
 		st.CacheReads, st.CacheFallbacks = s.cache.hits.Load(), s.cache.misses.Load()
+	}
+	if b := s.batches; b != nil {
+		st.CommitBatches, st.BatchedCommits = b.commits.counts.batches.Load(), b.commits.counts.calls.Load()
+		st.ReadBatches, st.BatchedReads = b.reads.counts.batches.Load(), b.reads.counts.calls.Load()
+		st.RefusedBatches = b.commits.counts.refused.Load() + b.reads.counts.refused.Load()
 	}
 	return st
 }

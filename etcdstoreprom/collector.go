@@ -39,6 +39,14 @@
 //	etcdstore_remembered_tokens            gauge: tokens the store remembers; at the
 //	                                       WithRememberedTokens bound, commits take one
 //	                                       round trip more.
+//	etcdstore_batches_total{kind}          counter: requests that carried several
+//	                                       commits (kind commit) or Finds (read).
+//	etcdstore_batched_calls_total{kind}    counter: the calls they carried; over
+//	                                       batches_total, calls a request.
+//	etcdstore_batches_refused_total        counter: batches that failed as a whole,
+//	                                       whose calls went alone. Alert on a steady
+//	                                       rate: a session outside the user's
+//	                                       permissions, or a low --max-request-bytes.
 //	etcdstore_cache_reads_total{result}    counter: Finds and Alls by whether the read
 //	                                       cache answered (hit) or etcd did (fallback).
 //	                                       Alert on fallbacks rising with WithReadCache on.
@@ -62,6 +70,7 @@ type collector struct {
 	store StatsSource
 
 	calls, duration, errors, cache                   *prometheus.Desc
+	batches, batched, refusedBatches                 *prometheus.Desc
 	retries, conflicts, refused, touches, codecError *prometheus.Desc
 	grants, leases, remembered                       *prometheus.Desc
 }
@@ -73,19 +82,22 @@ func NewCollector(store StatsSource, name string) prometheus.Collector {
 		return prometheus.NewDesc("etcdstore_"+metric, help, labels, prometheus.Labels{"store": name})
 	}
 	return &collector{
-		store:      store,
-		calls:      desc("calls_total", "Calls of the session store, by method.", "method"),
-		duration:   desc("call_duration_seconds", "Durations of the session store's calls, by method, errors included.", "method"),
-		errors:     desc("errors_total", "Calls of the session store that returned an error, by kind.", "kind"),
-		cache:      desc("cache_reads_total", "Finds and Alls by whether the read cache answered them (hit) or etcd did (fallback).", "result"),
-		retries:    desc("retries_total", "etcd requests tried again after a leader change or a lost connection."),
-		conflicts:  desc("commit_conflicts_total", "Commits made again on a newer revision: a concurrent commit of the session came first."),
-		refused:    desc("resurrections_refused_total", "Commits that wrote nothing: the session had been deleted."),
-		touches:    desc("touches_skipped_total", "Commits that wrote nothing: the session was unchanged and its expiry moved less than the touch interval."),
-		codecError: desc("codec_errors_total", "Session data the codec could not decode: WithCodec is not the session manager's codec."),
-		grants:     desc("lease_grants_total", "etcd leases granted."),
-		leases:     desc("leases", "etcd leases the store may still attach sessions to."),
-		remembered: desc("remembered_tokens", "Session tokens the store remembers."),
+		store:          store,
+		calls:          desc("calls_total", "Calls of the session store, by method.", "method"),
+		duration:       desc("call_duration_seconds", "Durations of the session store's calls, by method, errors included.", "method"),
+		errors:         desc("errors_total", "Calls of the session store that returned an error, by kind.", "kind"),
+		cache:          desc("cache_reads_total", "Finds and Alls by whether the read cache answered them (hit) or etcd did (fallback).", "result"),
+		batches:        desc("batches_total", "Requests that carried several commits or Finds, by kind.", "kind"),
+		batched:        desc("batched_calls_total", "The commits and Finds the batches carried, by kind.", "kind"),
+		refusedBatches: desc("batches_refused_total", "Batches that failed as a whole, whose calls were made again alone."),
+		retries:        desc("retries_total", "etcd requests tried again after a leader change or a lost connection."),
+		conflicts:      desc("commit_conflicts_total", "Commits made again on a newer revision: a concurrent commit of the session came first."),
+		refused:        desc("resurrections_refused_total", "Commits that wrote nothing: the session had been deleted."),
+		touches:        desc("touches_skipped_total", "Commits that wrote nothing: the session was unchanged and its expiry moved less than the touch interval."),
+		codecError:     desc("codec_errors_total", "Session data the codec could not decode: WithCodec is not the session manager's codec."),
+		grants:         desc("lease_grants_total", "etcd leases granted."),
+		leases:         desc("leases", "etcd leases the store may still attach sessions to."),
+		remembered:     desc("remembered_tokens", "Session tokens the store remembers."),
 	}
 }
 
@@ -126,6 +138,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	} {
 		counter(c.errors, k.n, k.kind)
 	}
+	counter(c.batches, st.CommitBatches, "commit")
+	counter(c.batches, st.ReadBatches, "read")
+	counter(c.batched, st.BatchedCommits, "commit")
+	counter(c.batched, st.BatchedReads, "read")
+	counter(c.refusedBatches, st.RefusedBatches)
 	counter(c.cache, st.CacheReads, "hit")
 	counter(c.cache, st.CacheFallbacks, "fallback")
 	counter(c.retries, st.Retries)

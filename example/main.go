@@ -25,6 +25,7 @@
 //	/          what the session holds
 //	/put       store the form value "m" in the session, or a greeting
 //	/get       show the message
+//	/count     count the session's requests: a write on every request
 //	/login     log in as the form value "name", under a new token
 //	/logout    destroy the session
 //	/sessions  count the live sessions

@@ -1,15 +1,25 @@
 // Command loadtest measures the example app (internal/exampleapp) under
-// wrk, on loopback, with its sessions in each of five stores, and prints
+// wrk, on loopback, with its sessions in each of these stores, and prints
 // requests per second, latency percentiles and writes per request:
 //
-//	etcdstore        this store, as New makes it
-//	etcdstore-touch  this store with WithTouchInterval(IdleTimeout/2)
-//	etcdstore-cache  this store with WithReadCache and the touch interval
-//	naive            one new lease per commit, as
-//	                 github.com/alexedwards/scs/etcdstore does
-//	redis            a local redis-server with appendfsync everysec, and a
-//	                 store doing what SCS's goredisstore does
-//	                 (internal/redisstore)
+//	etcdstore            this store, as New makes it
+//	etcdstore-unbatched  this store with WithBatching(false)
+//	etcdstore-touch      this store with WithTouchInterval(IdleTimeout/2)
+//	etcdstore-cache      this store with WithReadCache and the touch interval
+//	naive                one new lease per commit, as
+//	                     github.com/alexedwards/scs/etcdstore does
+//	redis                a local redis-server with appendfsync everysec, and
+//	                     a store doing what SCS's goredisstore does
+//	                     (internal/redisstore): it acknowledges a write
+//	                     before any fsync
+//	redis-always         the same with appendfsync always: it acknowledges a
+//	                     write after its fsync, as etcd does after a quorum's
+//	memstore             SCS's memstore: no network, no durability, the
+//	                     ceiling of what the app can serve
+//
+// With -path /get (the default) a request that changes nothing commits its
+// session only for IdleTimeout; with -path /count every request changes
+// its session (a counter), so every commit writes.
 //
 // Each measured run starts its backend afresh: an embedded etcd member
 // with fsync on, as in production, or a redis-server on a loopback port.
@@ -58,6 +68,7 @@ import (
 	"time"
 
 	"github.com/alexedwards/scs/v2"
+	"github.com/alexedwards/scs/v2/memstore"
 	"github.com/etcdstore/etcdstore"
 	"github.com/etcdstore/etcdstore/internal/embedetcd"
 	"github.com/etcdstore/etcdstore/internal/exampleapp"
@@ -84,30 +95,51 @@ var (
 	lifetime    = flag.Duration("lifetime", 24*time.Hour, "SCS Lifetime")
 	rounds      = flag.Int("rounds", 3, "rounds of runs, each store once a round, in another order each round")
 	cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the measured runs, app and embedded etcd alike, to `file`")
-	only        = flag.String("stores", "", "comma-separated stores to measure (default all: etcdstore,etcdstore-touch,etcdstore-cache,naive,redis)")
+	only        = flag.String("stores", "", "comma-separated stores to measure (default: etcdstore,etcdstore-touch,etcdstore-cache,naive,redis; also etcdstore-unbatched, redis-always, memstore)")
+)
+
+// backendKind is what a store keeps its sessions in.
+type backendKind int
+
+const (
+	onEtcd        backendKind = iota
+	onRedis                   // appendfsync everysec
+	onRedisAlways             // appendfsync always
+	inMemory                  // the process's memory
 )
 
 // store is one session store under test, on a backend of its own.
 type store struct {
-	name  string
-	redis bool // the store is on Redis, not etcd
-	new   func(*clientv3.Client, *redis.Client) scs.CtxStore
+	name    string
+	backend backendKind
+	new     func(*clientv3.Client, *redis.Client) scs.CtxStore
 }
 
 var stores = []store{
-	{"etcdstore", false, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore { return etcdstore.New(c) }},
-	{"etcdstore-touch", false, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
+	{"etcdstore", onEtcd, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore { return etcdstore.New(c) }},
+	{"etcdstore-touch", onEtcd, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
 		return etcdstore.New(c, etcdstore.WithTouchInterval(*idle/2))
 	}},
-	{"etcdstore-cache", false, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
+	{"etcdstore-cache", onEtcd, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
 		return etcdstore.New(c, etcdstore.WithReadCache(), etcdstore.WithTouchInterval(*idle/2))
 	}},
-	{"naive", false, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
+	{"naive", onEtcd, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
 		return &naive.Store{Client: c, Prefix: etcdstore.DefaultPrefix}
 	}},
-	{"redis", true, func(_ *clientv3.Client, r *redis.Client) scs.CtxStore {
+	{"redis", onRedis, func(_ *clientv3.Client, r *redis.Client) scs.CtxStore {
 		return &redisstore.Store{Client: r, Prefix: etcdstore.DefaultPrefix}
 	}},
+}
+
+// moreStores are measured when -stores names them.
+var moreStores = []store{
+	{"etcdstore-unbatched", onEtcd, func(c *clientv3.Client, _ *redis.Client) scs.CtxStore {
+		return etcdstore.New(c, etcdstore.WithBatching(false))
+	}},
+	{"redis-always", onRedisAlways, func(_ *clientv3.Client, r *redis.Client) scs.CtxStore {
+		return &redisstore.Store{Client: r, Prefix: etcdstore.DefaultPrefix}
+	}},
+	{"memstore", inMemory, func(*clientv3.Client, *redis.Client) scs.CtxStore { return memStore{memstore.New()} }},
 }
 
 // result is what one measured run gave.
@@ -140,12 +172,13 @@ func run() error {
 	chosen := stores
 	if *only != "" {
 		chosen = nil
+		all := append(slices.Clone(stores), moreStores...)
 		for _, name := range strings.Split(*only, ",") {
-			i := slices.IndexFunc(stores, func(s store) bool { return s.name == name })
+			i := slices.IndexFunc(all, func(s store) bool { return s.name == name })
 			if i < 0 {
 				return fmt.Errorf("-stores: no store %q", name)
 			}
-			chosen = append(chosen, stores[i])
+			chosen = append(chosen, all[i])
 		}
 	}
 	wrk, err := findTool("wrk", "wrk")
@@ -153,7 +186,7 @@ func run() error {
 		return err
 	}
 	var redisServer string
-	if slices.ContainsFunc(chosen, func(s store) bool { return s.redis }) {
+	if slices.ContainsFunc(chosen, func(s store) bool { return s.backend == onRedis || s.backend == onRedisAlways }) {
 		if redisServer, err = findTool("redis-server", "redis-server"); err != nil {
 			return err
 		}
@@ -231,8 +264,15 @@ type backend struct {
 
 // startBackend starts the backend of s with its data in dir.
 func startBackend(ctx context.Context, redisServer, dir string, s store) (*backend, error) {
-	if s.redis {
-		addr, stop, err := startRedis(ctx, redisServer, dir)
+	switch s.backend {
+	case inMemory:
+		return &backend{stop: func() {}}, nil
+	case onRedis, onRedisAlways:
+		fsync := "everysec"
+		if s.backend == onRedisAlways {
+			fsync = "always"
+		}
+		addr, stop, err := startRedis(ctx, redisServer, dir, fsync)
 		if err != nil {
 			return nil, err
 		}
@@ -257,8 +297,8 @@ func startBackend(ctx context.Context, redisServer, dir string, s store) (*backe
 
 // startRedis starts redis-server on a free loopback port with its data in
 // dir, persisting as a production Redis would (an append-only file,
-// fsynced every second), and waits until it answers.
-func startRedis(ctx context.Context, redisServer, dir string) (addr string, stop func(), err error) {
+// fsynced as fsync says: everysec or always), and waits until it answers.
+func startRedis(ctx context.Context, redisServer, dir, fsync string) (addr string, stop func(), err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", nil, err
 	}
@@ -271,7 +311,7 @@ func startRedis(ctx context.Context, redisServer, dir string) (addr string, stop
 	l.Close()
 	cmd := exec.Command(redisServer,
 		"--bind", "127.0.0.1", "--port", port, "--dir", dir,
-		"--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+		"--save", "", "--appendonly", "yes", "--appendfsync", fsync,
 		"--daemonize", "no", "--loglevel", "warning",
 		"--logfile", filepath.Join(dir, "redis.log"))
 	if err := cmd.Start(); err != nil {
@@ -318,6 +358,9 @@ func measure(wrk, redisServer, script, dir string, s store) (result, error) {
 	st := s.new(b.etcd, b.redis)
 	if c, ok := st.(interface{ Close() error }); ok {
 		defer c.Close() // the read cache's watch
+	}
+	if m, ok := st.(memStore); ok {
+		defer m.StopCleanup()
 	}
 	counts := &countingStore{store: st}
 	sm := exampleapp.NewSessionManager(counts, *idle, *lifetime)
@@ -403,6 +446,11 @@ func measure(wrk, redisServer, script, dir string, s store) (result, error) {
 
 	if b.redis != nil {
 		r.keys, err = b.redis.DBSize(ctx).Result()
+		return r, err
+	}
+	if b.etcd == nil {
+		all, err := st.(memStore).All()
+		r.keys = int64(len(all))
 		return r, err
 	}
 	after, err := readEtcdState(ctx, b.etcd)
@@ -661,3 +709,17 @@ func report(w io.Writer, results []result) {
 		}
 	}
 }
+
+// memStore is SCS's memstore with the context methods that SCS prefers,
+// which ignore the context as the memstore does.
+type memStore struct{ *memstore.MemStore }
+
+func (m memStore) FindCtx(_ context.Context, token string) ([]byte, bool, error) {
+	return m.Find(token)
+}
+
+func (m memStore) CommitCtx(_ context.Context, token string, b []byte, expiry time.Time) error {
+	return m.Commit(token, b, expiry)
+}
+
+func (m memStore) DeleteCtx(_ context.Context, token string) error { return m.Delete(token) }

@@ -32,6 +32,7 @@ const defaultMessage = "Hello from a session!"
 const (
 	keyMessage = "message" // string: what /put stores
 	keyUser    = "user"    // string: the name logged in under, or absent
+	keyCount   = "count"   // int: the requests /count has seen
 )
 
 // PrincipalKey is the session key that names a session's user: give it
@@ -63,6 +64,7 @@ func NewSessionManager(store scs.Store, idle, lifetime time.Duration) *scs.Sessi
 //	/          what the session holds, and the routes
 //	/put       store the form value "m" in the session, or a greeting
 //	/get       show the message
+//	/count     count the session's requests here: a write on every request
 //	/login     log in as the form value "name", under a new token
 //	/logout    destroy the session
 //	/sessions  count the live sessions
@@ -74,6 +76,7 @@ func New(sm *scs.SessionManager) http.Handler {
 	mux.HandleFunc("/{$}", a.home)
 	mux.HandleFunc("/put", a.put)
 	mux.HandleFunc("/get", a.get)
+	mux.HandleFunc("/count", a.count)
 	mux.HandleFunc("/login", a.login)
 	mux.HandleFunc("/logout", a.logout)
 	mux.HandleFunc("GET /sessions", a.sessions)
@@ -95,7 +98,7 @@ func (a *app) home(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "not logged in")
 	}
 	fmt.Fprintf(w, "message: %q\n\n", a.sm.GetString(ctx, keyMessage))
-	fmt.Fprintln(w, "routes: /put?m=MESSAGE /get /login?name=NAME /logout /sessions /devices, POST /logout-everywhere")
+	fmt.Fprintln(w, "routes: /put?m=MESSAGE /get /count /login?name=NAME /logout /sessions /devices, POST /logout-everywhere")
 }
 
 // put stores the form value "m" (query or body) as the message, or, as in
@@ -116,6 +119,15 @@ func (a *app) put(w http.ResponseWriter, r *http.Request) {
 // get shows the message /put stored, or nothing.
 func (a *app) get(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintln(w, a.sm.GetString(r.Context(), keyMessage))
+}
+
+// count adds one to the session's count and shows it: the session
+// changes on every request, as a page-view counter, a last-seen time or a
+// rotating CSRF token makes it.
+func (a *app) count(w http.ResponseWriter, r *http.Request) {
+	n := a.sm.GetInt(r.Context(), keyCount) + 1
+	a.sm.Put(r.Context(), keyCount, n)
+	fmt.Fprintf(w, "count: %d\n", n)
 }
 
 // login logs the visitor in as the form value "name" (query or body).

@@ -81,7 +81,9 @@ func TestInstancesShareSessions(t *testing.T) {
 	ann.Want(a.url, "/put", "stored\n")
 	ann.Want(b.url, "/get", hello)
 	ann.Want(b.url, "/login?name=ann", "logged in as ann\n")
-	ann.Want(a.url, "/", "logged in as ann\nmessage: \"Hello from a session!\"\n\nroutes: /put?m=MESSAGE /get /login?name=NAME /logout /sessions /devices, POST /logout-everywhere\n")
+	ann.Want(a.url, "/count", "count: 1\n")
+	ann.Want(a.url, "/count", "count: 2\n")
+	ann.Want(a.url, "/", "logged in as ann\nmessage: \"Hello from a session!\"\n\nroutes: /put?m=MESSAGE /get /count /login?name=NAME /logout /sessions /devices, POST /logout-everywhere\n")
 	// Another prefix is another set of sessions.
 	ann.Want(other.url, "/get", "\n")
 }

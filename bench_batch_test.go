@@ -1,0 +1,110 @@
+package etcdstore_test
+
+import (
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/etcdstore/etcdstore"
+)
+
+// benchConcurrency is how many goroutines the batching benchmarks run:
+// one request at a time, an app server's usual load, a heavy one.
+var benchConcurrency = []int{1, 32, 128}
+
+// timed wraps op so that it records each call's duration in durs, at the
+// call's index; reportLatency reports their percentiles.
+func timed(durs []time.Duration, op func(i int) error) func(i int) error {
+	return func(i int) error {
+		start := time.Now()
+		err := op(i)
+		if i < len(durs) {
+			durs[i] = time.Since(start)
+		}
+		return err
+	}
+}
+
+// reportLatency reports the 50th, 90th and 99th percentiles of durs, in
+// microseconds.
+func reportLatency(b *testing.B, durs []time.Duration) {
+	b.Helper()
+	durs = slices.Clone(durs)
+	slices.Sort(durs)
+	for _, p := range []int{50, 90, 99} {
+		b.ReportMetric(float64(durs[(len(durs)-1)*p/100].Microseconds()), "p"+strconv.Itoa(p)+"-µs")
+	}
+}
+
+// BenchmarkCommitBatching compares Commit with batching (the default)
+// with Commit without it (WithBatching(false)) and with a raw Put onto one
+// lease, each rewriting 256 B sessions of its own on 1, 32 and 128
+// goroutines, as SCS does on every request with IdleTimeout. p50-µs and
+// the like are the batched store's latency percentiles.
+func BenchmarkCommitBatching(b *testing.B) {
+	for _, n := range benchConcurrency {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			client, ctx := benchServer(b)
+			value := newValue(256)
+			lease, err := client.Grant(ctx, int64((sessionLifetime+time.Hour)/time.Second))
+			if err != nil {
+				b.Fatal(err)
+			}
+			sessions := max(hotSessions, 4*n)
+			commitOp := func(name string, store *etcdstore.EtcdStore) contender {
+				tokens := newTokens(sessions)
+				return contender{name, func(i int) error {
+					return store.CommitCtx(ctx, tokens[i%sessions], value, time.Now().Add(sessionLifetime))
+				}}
+			}
+			durs := make([]time.Duration, b.N)
+			batched := commitOp("store", etcdstore.New(client))
+			batched.op = timed(durs, batched.op)
+			unbatched := commitOp("unbatched", etcdstore.New(client, etcdstore.WithBatching(false)))
+			rawKeys := keysOf(newTokens(sessions))
+			rawOp := contender{"raw-put", func(i int) error {
+				_, err := client.Put(ctx, rawKeys[i%sessions], string(value), clientv3.WithLease(lease.ID))
+				return err
+			}}
+			for _, c := range []contender{batched, unbatched, rawOp} {
+				var warm sample
+				if err := runChunk(&warm, sessions, n, c.op); err != nil {
+					b.Fatalf("warm up %s: %v", c.name, err)
+				}
+			}
+			compact(b, ctx, client)
+			s, base := interleaveOn(b, n, func() { compact(b, ctx, client) }, batched, unbatched, rawOp)
+			reportBaselines(b, s, []contender{unbatched, rawOp}, base)
+			reportLatency(b, durs)
+		})
+	}
+}
+
+// BenchmarkFindBatching compares Find with batching with Find without it
+// and with a raw linearizable Get, over live sessions of 256 B, on 1, 32
+// and 128 goroutines.
+func BenchmarkFindBatching(b *testing.B) {
+	for _, n := range benchConcurrency {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			client, ctx := benchServer(b)
+			tokens := newTokens(hotSessions)
+			value := newValue(256)
+			writer := etcdstore.New(client)
+			expiry := time.Now().Add(sessionLifetime)
+			if err := fill(len(tokens), func(i int) error { return writer.CommitCtx(ctx, tokens[i], value, expiry) }); err != nil {
+				b.Fatal(err)
+			}
+			durs := make([]time.Duration, b.N)
+			batched := findOp(ctx, "store", etcdstore.New(client), tokens)
+			batched.op = timed(durs, batched.op)
+			unbatched := findOp(ctx, "unbatched", etcdstore.New(client, etcdstore.WithBatching(false)), tokens)
+			rawOp := rawGetOp(ctx, client, keysOf(tokens))
+			s, base := interleaveOn(b, n, nil, batched, unbatched, rawOp)
+			reportBaselines(b, s, []contender{unbatched, rawOp}, base)
+			reportLatency(b, durs)
+		})
+	}
+}
