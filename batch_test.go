@@ -270,27 +270,32 @@ func TestBatchWithADeniedCommit(t *testing.T) {
 	}
 }
 
-// TestQueuedCommitLeavesAtItsDeadline: while the store's request is held
-// in a stalled link, a commit that queues behind it returns at its own
-// deadline, dropped from the queue: it is never written, even once the
-// link heals.
+// TestQueuedCommitLeavesAtItsDeadline: while the store's requests are
+// held in a stalled link, as many as it has in flight, a commit that
+// queues behind them returns at its own deadline, dropped from the queue:
+// it is never written, even once the link heals.
 func TestQueuedCommitLeavesAtItsDeadline(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t, etcdtest.Own())
 	p := srv.Proxy(t)
 	u := p.URL()
 	s := NewWithPrefix(etcdtest.NewClient(t, clientv3.Config{Endpoints: []string{u.String()}}), testPrefix(t), WithTimeout(2*time.Second))
+	// The held requests keep their places throughout (TestStuckRequest
+	// HoldsNoPlace is the other case), so the queued commit is never sent.
+	s.batches.commits.stall = time.Hour
 	expiry := time.Now().Add(time.Hour)
 	if err := s.Commit("warm", []byte("x"), expiry); err != nil {
 		t.Fatal(err)
 	}
 	p.Hold()
-	held := make(chan error, 1)
-	go func() { held <- s.Commit("held", []byte("x"), expiry) }()
-	waitFor(t, "the held commit in flight", func() bool {
+	held := make(chan error, commitsInFlight)
+	for i := range commitsInFlight {
+		go func() { held <- s.Commit(fmt.Sprint("held", i), []byte("x"), expiry) }()
+	}
+	waitFor(t, "the held commits in flight", func() bool {
 		s.batches.commits.mu.Lock()
 		defer s.batches.commits.mu.Unlock()
-		return s.batches.commits.sending > 0
+		return s.batches.commits.sending == commitsInFlight
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -300,11 +305,70 @@ func TestQueuedCommitLeavesAtItsDeadline(t *testing.T) {
 		t.Fatalf("queued commit = %v after %v, want DeadlineExceeded after about 200ms", err, took)
 	}
 	p.Heal()
-	if err := <-held; err != nil {
-		t.Fatalf("held commit: %v", err)
+	for range commitsInFlight {
+		if err := <-held; err != nil {
+			t.Fatalf("held commit: %v", err)
+		}
 	}
 	if _, found, err := s.Find("queued"); err != nil || found {
 		t.Fatalf("Find of the dropped commit = %v, %v; want not found", found, err)
+	}
+}
+
+// TestStuckRequestHoldsNoPlace: one member reached through two links, A
+// and B, the client's balancer sending each request to the next; A holds.
+// A request that went into A waits for its attempt's deadline (2 s here),
+// but once it has waited stalledAfter it no longer holds back the calls
+// queued behind it: commits begun while A holds go on through B, about
+// half of them at once, as they would without batching.
+func TestStuckRequestHoldsNoPlace(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t, etcdtest.Own())
+	a, b := srv.Proxy(t), srv.Proxy(t)
+	ua, ub := a.URL(), b.URL()
+	client := etcdtest.NewClient(t, clientv3.Config{Endpoints: []string{ua.String(), ub.String()}})
+	s := NewWithPrefix(client, testPrefix(t), WithTimeout(10*time.Second))
+	expiry := time.Now().Add(time.Hour)
+	for i := range 4 { // a connection through each link, the bucket's lease
+		if err := s.Commit(fmt.Sprint("warm", i), []byte("x"), expiry); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A commit every 10 ms, each in its own goroutine, as requests come.
+	const commits, every, quick = 100, 10 * time.Millisecond, 300 * time.Millisecond
+	a.Hold()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		fast  int // commits that succeeded within quick
+		other []string
+	)
+	for i := range commits {
+		wg.Go(func() {
+			start := time.Now()
+			err := s.Commit(fmt.Sprint("c", i), []byte("x"), expiry)
+			took := time.Since(start)
+			mu.Lock()
+			defer mu.Unlock()
+			// A commit whose every attempt the balancer sent into A fails
+			// at its deadline, as it would without batching.
+			if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				other = append(other, err.Error())
+			}
+			if err == nil && took < quick {
+				fast++
+			}
+		})
+		time.Sleep(every)
+	}
+	wg.Wait()
+	a.Heal()
+	if len(other) > 0 {
+		t.Errorf("%d commits failed, the first: %s", len(other), other[0])
+	}
+	t.Logf("%d of %d commits begun while A held succeeded within %v", fast, commits, quick)
+	if fast < commits/4 {
+		t.Errorf("%d of %d commits begun while A held succeeded within %v, want at least %d: requests stuck in A held back the others", fast, commits, quick, commits/4)
 	}
 }
 

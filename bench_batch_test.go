@@ -61,7 +61,13 @@ func BenchmarkCommitBatching(b *testing.B) {
 				}}
 			}
 			durs := make([]time.Duration, b.N)
-			batched := commitOp("store", etcdstore.New(client))
+			bstore := etcdstore.New(client)
+			defer func() {
+				st := bstore.Stats()
+				b.ReportMetric(float64(st.BatchedCommits)/float64(max(st.CommitBatches, 1)), "commits/batch")
+				b.ReportMetric(float64(st.BatchedCommits)/float64(max(st.Commits, 1)), "batched-share")
+			}()
+			batched := commitOp("store", bstore)
 			batched.op = timed(durs, batched.op)
 			unbatched := commitOp("unbatched", etcdstore.New(client, etcdstore.WithBatching(false)))
 			rawKeys := keysOf(newTokens(sessions))
@@ -98,13 +104,77 @@ func BenchmarkFindBatching(b *testing.B) {
 				b.Fatal(err)
 			}
 			durs := make([]time.Duration, b.N)
-			batched := findOp(ctx, "store", etcdstore.New(client), tokens)
+			bstore := etcdstore.New(client)
+			defer func() {
+				st := bstore.Stats()
+				b.ReportMetric(float64(st.BatchedReads)/float64(max(st.ReadBatches, 1)), "reads/batch")
+				b.ReportMetric(float64(st.BatchedReads)/float64(max(st.Finds, 1)), "batched-share")
+			}()
+			batched := findOp(ctx, "store", bstore, tokens)
 			batched.op = timed(durs, batched.op)
 			unbatched := findOp(ctx, "unbatched", etcdstore.New(client, etcdstore.WithBatching(false)), tokens)
 			rawOp := rawGetOp(ctx, client, keysOf(tokens))
 			s, base := interleaveOn(b, n, nil, batched, unbatched, rawOp)
 			reportBaselines(b, s, []contender{unbatched, rawOp}, base)
 			reportLatency(b, durs)
+		})
+	}
+}
+
+// BenchmarkBatchRequest times, on one goroutine, the requests a batch
+// makes, of 1, 16 and 64 calls: a Txn of nested Txns that each put a
+// 256 B session on a lease if its key's mod revision is what was read
+// (else get it), and a read-only Txn of Gets. What each call adds to its
+// batch bounds what batching can gain (docs/performance.md).
+func BenchmarkBatchRequest(b *testing.B) {
+	client, ctx := benchServer(b)
+	value := string(newValue(256))
+	lease, err := client.Grant(ctx, int64((sessionLifetime+time.Hour)/time.Second))
+	if err != nil {
+		b.Fatal(err)
+	}
+	keys := keysOf(newTokens(hotSessions))
+	revs := make([]int64, len(keys))
+	for i, k := range keys {
+		resp, err := client.Put(ctx, k, value, clientv3.WithLease(lease.ID))
+		if err != nil {
+			b.Fatal(err)
+		}
+		revs[i] = resp.Header.Revision
+	}
+	for _, n := range []int{1, 16, 64} {
+		b.Run("commits/"+strconv.Itoa(n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				ops := make([]clientv3.Op, n)
+				for j := range ops {
+					k := (i*n + j) % len(keys)
+					ops[j] = clientv3.OpTxn(
+						[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(keys[k]), "=", revs[k])},
+						[]clientv3.Op{clientv3.OpPut(keys[k], value, clientv3.WithLease(lease.ID))},
+						[]clientv3.Op{clientv3.OpGet(keys[k])})
+				}
+				resp, err := client.Txn(ctx).Then(ops...).Commit()
+				if err != nil {
+					b.Fatal(err)
+				}
+				for j, r := range resp.Responses {
+					if !r.GetResponseTxn().Succeeded {
+						b.Fatalf("commit %d of the batch: compare failed", j)
+					}
+					revs[(i*n+j)%len(keys)] = resp.Header.Revision
+				}
+			}
+		})
+		b.Run("reads/"+strconv.Itoa(n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				ops := make([]clientv3.Op, n)
+				for j := range ops {
+					ops[j] = clientv3.OpGet(keys[(i*n+j)%len(keys)])
+				}
+				if _, err := client.Txn(ctx).Then(ops...).Commit(); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 	}
 }

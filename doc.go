@@ -125,11 +125,12 @@
 // # Group commit and batched reads
 //
 // Concurrent calls share etcd requests (WithBatching, on by default):
-// while a commit or a read of the store's is in flight, others queue,
-// and the next request carries all of them, commits in one Txn of one
+// while two commit requests of the store's are in flight, or one read
+// request, other calls of the kind queue, and the next request carries
+// all of them, commits in one Txn of one
 // nested Txn each (one raft entry for all, each with its own compare and
 // outcome), reads in one read-only Txn of Gets (one linearizable read). A
-// call that finds nothing in flight goes at once, alone. A read joins only
+// call that finds room in flight goes at once, alone. A read joins only
 // a request that starts after it began, so reads stay linearizable. A
 // batch holds at most 64 commits or 128 reads and 1 MiB of keys and
 // values, within etcd's default --max-txn-ops and --max-request-bytes, and
