@@ -111,7 +111,7 @@ func (s *EtcdStore) newSnapshot(size int) *snapshot {
 func (a *snapshot) add(c call, token string, kv storedKV) error {
 	data, expiry, live, err := a.s.liveValue(c, kv, a.now, a.legacy)
 	if errors.Is(err, errCorrupt) {
-		return fmt.Errorf("%w (key %q)", err, a.s.keys.key(token))
+		return fmt.Errorf("%w (%s)", err, whichSession(kv.mod))
 	}
 	if err != nil {
 		return fmt.Errorf("etcdstore: all: %w", err)

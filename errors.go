@@ -35,6 +35,23 @@ var ErrNoPrincipal = errors.New("etcdstore: the store keeps no index of sessions
 // errCorrupt marks the error of a stored value that does not decode.
 var errCorrupt = errors.New("etcdstore: corrupt session value")
 
+// whichSession names, in an error, the stored session whose key has mod
+// revision mod, without its key: the key holds the token, which is a
+// password (with HashTokenInStore, its digest is one too). An operator
+// finds the key with etcdctl get --prefix <prefix> -w json, by its
+// mod_revision.
+func whichSession(mod int64) string {
+	return fmt.Sprintf("the session key of mod revision %d", mod)
+}
+
+// ErrRawToken is wrapped by the error DeleteByPrincipal returns, having
+// deleted nothing, when a token in except is not one of the principal's
+// sessions but its SHA-256 digest is: the app passed the token as it has
+// it (sm.Token(ctx)) to a store that sees digests (HashTokenInStore), and
+// would have deleted the very session it meant to keep. Pass
+// StoreToken(sm, token).
+var ErrRawToken = errors.New("etcdstore: a session token as the app has it, where the store's is wanted: the session manager hashes tokens in the store (HashTokenInStore); pass etcdstore.StoreToken(sm, token)")
+
 // errNotSynced says the read cache cannot serve a read now; the read goes
 // to etcd.
 var errNotSynced = errors.New("read cache not in sync")

@@ -257,6 +257,7 @@ func ExampleEtcdStore_DeleteByPrincipal() {
 	store := etcdstore.NewWithPrefix(client, "example-users:", etcdstore.WithPrincipal("userID"))
 	sessionManager := scs.New()
 	sessionManager.Store = store
+	sessionManager.HashTokenInStore = true // etcd holds the tokens' digests
 
 	// ann logs in on three devices.
 	var tokens []string
@@ -270,7 +271,8 @@ func ExampleEtcdStore_DeleteByPrincipal() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		tokens = append(tokens, token)
+		// The token as the store has it: its digest.
+		tokens = append(tokens, etcdstore.StoreToken(sessionManager, token))
 	}
 
 	ctx := context.Background()

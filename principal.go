@@ -174,7 +174,7 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (sess
 	sessions = make(map[string][]byte)
 	for _, e := range entries {
 		if data, ok, err := s.ofPrincipal(kvs[e.token], principal); err != nil {
-			return nil, fmt.Errorf("%w (key %q)", err, kvs[e.token].Key)
+			return nil, fmt.Errorf("%w (%s)", err, whichSession(kvs[e.token].ModRevision))
 		} else if ok {
 			sessions[e.token] = data
 		}
@@ -203,8 +203,12 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (sess
 // On an error, the sessions of the Txns that went through are deleted
 // and the others are not, and the count says how many were; calling it
 // again finishes the work. Errors are those of the etcd requests,
-// ErrNoPrincipal when the store was made without WithPrincipal, and
-// ErrClientClosed.
+// ErrNoPrincipal when the store was made without WithPrincipal,
+// ErrClientClosed, and ErrRawToken, before anything is deleted, when a
+// token in except is the app's where the store's is wanted.
+//
+// The tokens in except are the store's: with HashTokenInStore, pass
+// StoreToken(sm, sm.Token(ctx)), not the token the app has.
 func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, except ...string) (deleted int, err error) {
 	defer s.stats.begin(&s.stats.deletesByPrincipal, &s.stats.latency.deleteByPrincipal).end(&err)
 	if s.index == nil {
@@ -226,6 +230,9 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 		live := make(map[string]bool, len(entries))
 		for _, e := range entries {
 			_, live[e.token], _ = s.ofPrincipal(kvs[e.token], principal)
+		}
+		if err := rawExcept(entries, keep); err != nil {
+			return deleted, err
 		}
 		clean := true
 		for _, b := range planDeletes(entries, live, keep, s.keys.key) {
@@ -249,6 +256,25 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 		}
 	}
 	return deleted, fmt.Errorf("etcdstore: delete by principal: the sessions kept changing; %d deleted, try again", deleted)
+}
+
+// rawExcept returns an error wrapping ErrRawToken if a token in keep is
+// not one of entries' but its digest (HashTokenInStore's) is. It does no
+// I/O.
+func rawExcept(entries []indexEntry, keep map[string]bool) error {
+	if len(keep) == 0 {
+		return nil
+	}
+	have := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		have[e.token] = true
+	}
+	for t := range keep {
+		if !have[t] && have[hashToken(t)] {
+			return fmt.Errorf("etcdstore: delete by principal: %w", ErrRawToken)
+		}
+	}
+	return nil
 }
 
 // deleteBatch is one Txn of DeleteByPrincipal: its compares, its

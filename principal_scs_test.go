@@ -66,7 +66,7 @@ func TestSCSSessionsByUser(t *testing.T) {
 	tokens := func(bs ...*webtest.Browser) []string {
 		var ts []string
 		for _, b := range bs {
-			ts = append(ts, b.Token(apps[0].url))
+			ts = append(ts, etcdstore.StoreToken(apps[0].sm, b.Token(apps[0].url)))
 		}
 		slices.Sort(ts)
 		return ts
@@ -125,7 +125,8 @@ func TestSCSSessionsByUser(t *testing.T) {
 	old := ann[0].Token(apps[0].url)
 	ann[0].Want(apps[0].url, "/login?name=ann", "logged in as ann\n")
 	found, err = admin.FindByPrincipal(ctx, "ann")
-	if err != nil || len(found) != 1 || found[ann[0].Token(apps[0].url)] == nil || found[old] != nil {
+	st := func(token string) string { return etcdstore.StoreToken(apps[0].sm, token) }
+	if err != nil || len(found) != 1 || found[st(ann[0].Token(apps[0].url))] == nil || found[st(old)] != nil {
 		t.Errorf("after RenewToken: FindByPrincipal(ann) = %v, %v; want the new token only", slices.Collect(maps.Keys(found)), err)
 	}
 }

@@ -72,7 +72,8 @@ func deleteRace(t *testing.T, newStore newStoreFunc, trials int, stopAtFirst boo
 	for ran < trials && !(stopAtFirst && back > 0) {
 		ran++
 		cookie := newSessionCookie(t, client, apps[0])
-		token := cookie.Value
+		// The token as the stores see it (HashTokenInStore).
+		token := etcdstore.StoreToken(apps[0].sm, cookie.Value)
 		var done atomic.Int64
 		deleted := make(chan struct{})
 		var wg sync.WaitGroup

@@ -48,10 +48,12 @@ type principals interface {
 
 // NewSessionManager returns an SCS session manager that keeps its
 // sessions in store, with the given idle timeout (0 for none) and
-// lifetime. Store errors are logged and answered with 500.
+// lifetime, and HashTokenInStore on: the store sees only the tokens'
+// digests. Store errors are logged and answered with 500.
 func NewSessionManager(store scs.Store, idle, lifetime time.Duration) *scs.SessionManager {
 	sm := scs.New()
 	sm.Store = store
+	sm.HashTokenInStore = true
 	sm.IdleTimeout = idle
 	sm.Lifetime = lifetime
 	sm.ErrorFunc = serverError
@@ -219,7 +221,7 @@ func (a *app) devices(w http.ResponseWriter, r *http.Request) {
 		principalError(w, r, err)
 		return
 	}
-	current := a.sm.Token(r.Context())
+	current := etcdstore.StoreToken(a.sm, a.sm.Token(r.Context()))
 	var lines []string
 	for token := range sessions {
 		line := tokenDigest(token)
@@ -242,7 +244,7 @@ func (a *app) logoutEverywhere(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	n, err := p.DeleteByPrincipal(r.Context(), user, a.sm.Token(r.Context()))
+	n, err := p.DeleteByPrincipal(r.Context(), user, etcdstore.StoreToken(a.sm, a.sm.Token(r.Context())))
 	if err != nil {
 		principalError(w, r, err)
 		return

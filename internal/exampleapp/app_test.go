@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alexedwards/scs/v2"
+
 	"go.uber.org/goleak"
 
 	"github.com/etcdstore/etcdstore"
@@ -31,20 +33,24 @@ func TestMain(m *testing.M) {
 // httptest server, with its own etcd client and store.
 type instance struct {
 	url   string
+	sm    *scs.SessionManager
 	store *etcdstore.EtcdStore
 }
 
 func startInstance(t *testing.T, srv *etcdtest.Server, prefix string, idle time.Duration, opts ...etcdstore.Option) *instance {
 	t.Helper()
 	store := etcdstore.NewWithPrefix(srv.Client(t), prefix, opts...)
-	ts := httptest.NewServer(New(NewSessionManager(store, idle, time.Hour)))
+	sm := NewSessionManager(store, idle, time.Hour)
+	ts := httptest.NewServer(New(sm))
 	t.Cleanup(ts.Close)
-	return &instance{url: ts.URL, store: store}
+	return &instance{url: ts.URL, sm: sm, store: store}
 }
 
-func found(t *testing.T, store *etcdstore.EtcdStore, token string) bool {
+// found reports whether the app's store holds a live session for token,
+// the session cookie as the browser has it.
+func found(t *testing.T, app *instance, token string) bool {
 	t.Helper()
-	_, ok, err := store.FindCtx(etcdtest.Context(t, 10*time.Second), token)
+	_, ok, err := app.store.FindCtx(etcdtest.Context(t, 10*time.Second), etcdstore.StoreToken(app.sm, token))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +67,7 @@ func TestPutGet(t *testing.T) {
 	ann.Want(app.url, "/put", "stored\n")
 	ann.Want(app.url, "/get", hello)
 	bob.Want(app.url, "/get", "\n")
-	if !found(t, app.store, ann.Token(app.url)) {
+	if !found(t, app, ann.Token(app.url)) {
 		t.Fatal("ann's session is not in the store")
 	}
 }
@@ -113,10 +119,10 @@ func TestLoginRenewsTokenAndLogoutDestroys(t *testing.T) {
 	if after == "" || after == before {
 		t.Fatalf("token after login %q, before %q: want a new one", after, before)
 	}
-	if found(t, app.store, before) {
+	if found(t, app, before) {
 		t.Error("the token from before the login still finds a session")
 	}
-	if !found(t, app.store, after) {
+	if !found(t, app, after) {
 		t.Error("the token from the login finds no session")
 	}
 	ann.Want(app.url, "/get", hello) // the data survives the new token
@@ -125,7 +131,7 @@ func TestLoginRenewsTokenAndLogoutDestroys(t *testing.T) {
 	if tok := ann.Token(app.url); tok != "" {
 		t.Errorf("cookie after logout %q, want none", tok)
 	}
-	if found(t, app.store, after) {
+	if found(t, app, after) {
 		t.Error("the session is still in the store after logout")
 	}
 	ann.Want(app.url, "/get", "\n")
@@ -160,7 +166,7 @@ func TestIdleSessionExpires(t *testing.T) {
 	// Poll the store, which does not renew the session as a request
 	// would, until the idle timeout has passed.
 	deadline := time.Now().Add(10 * time.Second)
-	for found(t, app.store, token) {
+	for found(t, app, token) {
 		if time.Now().After(deadline) {
 			t.Fatalf("session still found 10 s after its %v idle timeout", idle)
 		}
