@@ -36,7 +36,7 @@ func TestStoreToken(t *testing.T) {
 	srv := etcdtest.Start(t)
 	c := srv.Client(t)
 	for _, hash := range []bool{true, false} {
-		prefix := "st:"+t.Name()+":" + map[bool]string{true: "hashed:", false: "raw:"}[hash]
+		prefix := "st:" + t.Name() + ":" + map[bool]string{true: "hashed:", false: "raw:"}[hash]
 		sm := scs.New()
 		sm.Store = etcdstore.NewWithPrefix(c, prefix)
 		sm.HashTokenInStore = hash
