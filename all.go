@@ -109,7 +109,7 @@ func (s *EtcdStore) newSnapshot(size int) *snapshot {
 // add adds the session token, stored as kv, if it is live, asking etcd
 // within c of a legacy one.
 func (a *snapshot) add(c call, token string, kv storedKV) error {
-	data, expiry, live, err := a.s.liveValue(c, kv, a.now, a.legacy)
+	data, expiry, live, err := a.s.liveValue(c, a.s.keys.key(token), kv, a.now, a.legacy)
 	if errors.Is(err, errCorrupt) {
 		return fmt.Errorf("%w (%s)", err, whichSession(kv.mod))
 	}

@@ -96,7 +96,8 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 			return nil
 		}
 	}
-	w := &pendingCommit{token: token, key: s.keys.key(token), value: encodeEnvelope(expiry, b),
+	key := s.keys.key(token)
+	w := &pendingCommit{token: token, key: key, value: s.seal(expiry, key, b), data: b,
 		now: now, expiry: expiry, base: seen, baseKnown: known, rev: seen.rev}
 	if !known {
 		w.rev = 0
@@ -133,6 +134,7 @@ func planCommit(seen tokenState, known bool, now, expiry time.Time, d time.Durat
 // pendingCommit is a commit on its way to etcd.
 type pendingCommit struct {
 	token, key, value string
+	data              []byte // the session data, in the clear
 	now, expiry       time.Time
 	// base is what the commit is made against, if baseKnown: the stored
 	// session whose mod revision is rev (0: none) and whose principal's
@@ -372,9 +374,13 @@ func (s *EtcdStore) wrote(w *pendingCommit, rev int64) tokenState {
 	seen := tokenState{rev: rev, stored: true, expiry: w.expiry}
 	if s.touch > 0 {
 		seen.data, seen.hasData = w.value[envelopeHeader:], true
+		if s.sealer != nil {
+			seen.data = string(w.data)
+		}
 	}
 	if s.index != nil {
 		seen.principal, seen.principalKnown, seen.digests = w.principal, true, w.digests
+		seen.sealedBy = sealedBy([]byte(w.value[:min(len(w.value), sealedHeaderSize)]))
 	}
 	return seen
 }
@@ -384,14 +390,18 @@ func (s *EtcdStore) wrote(w *pendingCommit, rev int64) tokenState {
 // decode has no expiry and no principal.
 func (s *EtcdStore) stateOf(kv *mvccpb.KeyValue) tokenState {
 	seen := tokenState{rev: kv.ModRevision, stored: true}
-	expiry, _, data, err := decodeEnvelope(kv.Value)
+	value, err := s.plain(string(kv.Key), kv.Value)
+	if err != nil {
+		return seen
+	}
+	expiry, _, data, err := decodeEnvelope(value)
 	if err != nil {
 		return seen
 	}
 	seen.expiry = expiry
 	if s.index != nil {
 		seen.principal, _ = s.index.decode(data)
-		seen.principalKnown = true
+		seen.principalKnown, seen.sealedBy = true, sealedBy(kv.Value)
 	}
 	return seen
 }

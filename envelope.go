@@ -28,13 +28,33 @@ import (
 // commit.go). Readers see a session that expired in 1970: absent, to this
 // release and to those before it.
 //
+// A sealed envelope (WithEncryption, crypt.go) is version 2: the same
+// header, then the ID of the key that sealed it, the nonce, and the data
+// sealed with its 16-byte tag, 56 bytes more than the data:
+//
+//	offset  size  field
+//	0       3     magic "\x00ES"
+//	3       1     version, 2
+//	4       8     expiry, Unix nanoseconds, big-endian int64
+//	12      4     key ID, big-endian
+//	16      24    nonce, random
+//	40      ...   the session data, sealed with XChaCha20-Poly1305; the
+//	              associated data is bytes 0 to 16 and the session's key
+//
+// The expiry stays in the clear, so every read can tell a live session
+// without a key, and tombstones stay version 1.
+//
 // The magic begins with a NUL byte, which neither of SCS's codecs (gob,
 // JSON) ever writes first, so a value without it is raw codec bytes
 // written by github.com/alexedwards/scs/etcdstore and is read as is.
 const (
 	envelopeMagic   = "\x00ES"
 	envelopeVersion = 1
+	sealedVersion   = 2
 	envelopeHeader  = len(envelopeMagic) + 1 + 8
+	// sealedHeaderSize is the sealed envelope's header: the envelope's and
+	// the key ID.
+	sealedHeaderSize = envelopeHeader + 4
 )
 
 // tombstone is the tombstone's envelope.
@@ -61,6 +81,30 @@ func encodeEnvelope(expiry time.Time, data []byte) string {
 	return b.String()
 }
 
+// sealedHeader returns the header of a sealed envelope.
+func sealedHeader(expiry time.Time, id uint32) [sealedHeaderSize]byte {
+	var hdr [sealedHeaderSize]byte
+	copy(hdr[:], envelopeMagic)
+	hdr[len(envelopeMagic)] = sealedVersion
+	binary.BigEndian.PutUint64(hdr[len(envelopeMagic)+1:], uint64(expiry.UnixNano()))
+	binary.BigEndian.PutUint32(hdr[envelopeHeader:], id)
+	return hdr
+}
+
+// sealedBy returns the key ID of a sealed envelope, or 0 for any other
+// value.
+func sealedBy(value []byte) uint32 {
+	if !isSealed(value) || len(value) < sealedHeaderSize {
+		return 0
+	}
+	return binary.BigEndian.Uint32(value[envelopeHeader:])
+}
+
+// isSealed reports whether value is a sealed envelope.
+func isSealed(value []byte) bool {
+	return len(value) > len(envelopeMagic) && string(value[:len(envelopeMagic)]) == envelopeMagic && value[len(envelopeMagic)] == sealedVersion
+}
+
 // decodeEnvelope splits a stored value into its expiry and data. The data
 // aliases value; no copy is made.
 //
@@ -75,7 +119,7 @@ func decodeEnvelope(value []byte) (expiry time.Time, hasExpiry bool, data []byte
 		return time.Time{}, false, nil, fmt.Errorf("envelope of %d bytes is shorter than its %d-byte header", len(value), envelopeHeader)
 	}
 	if v := value[len(envelopeMagic)]; v != envelopeVersion {
-		return time.Time{}, false, nil, fmt.Errorf("envelope version %d is not supported (this release reads version %d)", v, envelopeVersion)
+		return time.Time{}, false, nil, fmt.Errorf("envelope version %d is not supported (this release reads versions %d and %d)", v, envelopeVersion, sealedVersion)
 	}
 	ns := int64(binary.BigEndian.Uint64(value[len(envelopeMagic)+1:]))
 	return time.Unix(0, ns), true, value[envelopeHeader:], nil

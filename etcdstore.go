@@ -44,6 +44,7 @@ type EtcdStore struct {
 	index   *principalIndex // WithPrincipal, or nil (principal.go)
 	cache   *readCache      // WithReadCache, or nil (cache.go)
 	batches *batching       // concurrent calls' shared requests, or nil (batch.go)
+	sealer  *sealer         // WithEncryption, or nil (crypt.go)
 	codec   scs.Codec
 	touch   time.Duration    // WithTouchInterval, or 0
 	now     func() time.Time // time.Now; overridden in tests
@@ -90,8 +91,11 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 		now:    time.Now,
 		stats:  &stats{},
 	}
+	if o.keys != nil {
+		s.sealer = newSealer(o.keys)
+	}
 	if o.principal != "" {
-		s.index = newPrincipalIndex(o.principal, prefix, o.codec, s.stats)
+		s.index = newPrincipalIndex(o.principal, prefix, o.codec, s.stats, s.sealer)
 	}
 	if !o.noBatching {
 		s.batches = newBatching(client)

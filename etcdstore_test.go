@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -371,7 +372,7 @@ func TestWithDefaults(t *testing.T) {
 		{"set", options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true},
 			options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true}},
 	} {
-		if got := tc.in.withDefaults(); got != tc.want {
+		if got := tc.in.withDefaults(); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%s: withDefaults() = %+v, want %+v", tc.name, got, tc.want)
 		}
 	}

@@ -43,7 +43,7 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, fou
 		s.tokens.recordGone(token, rev)
 		return nil, false, nil
 	}
-	data, expiry, live, err := s.liveValue(c, kv, s.now(), nil)
+	data, expiry, live, err := s.liveValue(c, s.keys.key(token), kv, s.now(), nil)
 	if errors.Is(err, errCorrupt) {
 		return nil, false, err
 	}
@@ -63,7 +63,7 @@ func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, fou
 	if s.index != nil {
 		last, known := s.tokens.last(token)
 		seen.principal, _, seen.digests = s.index.of(last, known, data)
-		seen.principalKnown = true
+		seen.principalKnown, seen.sealedBy = true, sealedBy(kv.value)
 	}
 	s.tokens.record(token, seen)
 	return data, true, nil
@@ -128,13 +128,21 @@ func decodeStored(value []byte, now time.Time) (data []byte, expiry time.Time, l
 	return data, expiry, true, nil
 }
 
-// liveValue decodes the stored session kv and reports whether it is live
-// at now: by the expiry in its envelope, or, for a legacy value, by its
-// lease (legacyLive, within c, whose answers known, if not nil, caches).
-// Its errors are decodeStored's, which wrap errCorrupt, and legacyLive's,
-// without the package prefix.
-func (s *EtcdStore) liveValue(c call, kv storedKV, now time.Time, known map[int64]bool) (data []byte, expiry time.Time, live bool, err error) {
-	data, expiry, live, err = decodeStored(kv.value, now)
+// liveValue decodes the stored session kv at key and reports whether it
+// is live at now: by the expiry in its envelope, or, for a legacy value,
+// by its lease (legacyLive, within c, whose answers known, if not nil,
+// caches). A sealed value that does not open is not live (plain counts
+// it). Its errors are decodeStored's, which wrap errCorrupt, and
+// legacyLive's, without the package prefix.
+func (s *EtcdStore) liveValue(c call, key string, kv storedKV, now time.Time, known map[int64]bool) (data []byte, expiry time.Time, live bool, err error) {
+	value, err := s.plain(key, kv.value)
+	if errors.Is(err, errUnopenable) {
+		return nil, time.Time{}, false, nil
+	}
+	if err != nil {
+		return nil, time.Time{}, false, err
+	}
+	data, expiry, live, err = decodeStored(value, now)
 	if err == nil && live && expiry.IsZero() {
 		live, err = s.legacyLive(c, kv.lease, known)
 		if err != nil {

@@ -22,6 +22,7 @@ type options struct {
 	principal  string        // WithPrincipal; "": no index
 	cache      bool          // WithReadCache
 	noBatching bool          // WithBatching(false)
+	keys       [][]byte      // WithEncryption; nil: none
 }
 
 // The defaults of the options.
@@ -165,6 +166,35 @@ func WithTimeout(d time.Duration) Option {
 // with a principal is one Txn that writes two keys.
 func WithPrincipal(key string) Option {
 	return func(o *options) { o.principal = key }
+}
+
+// WithEncryption seals each session's data before it reaches etcd, with
+// XChaCha20-Poly1305 under the first of keys, and opens what any of keys
+// sealed, on Find, All, the read cache and the principal lookups (see
+// Encryption at rest in the package documentation). Each key is
+// EncryptionKeySize (32) random bytes; its ID, stored with each value it
+// seals, is derived from it. To rotate, put a new key first on every app
+// server, and drop the old one once the sessions it sealed have expired.
+//
+// A session sealed under a key the store was not given, or whose value
+// fails to authenticate (altered, or copied from another session's key),
+// is absent: Find reports it not found, with a nil error, so SCS starts a
+// new session; All leaves it out; Stats counts it in DecryptFailures.
+// Sessions stored in the clear, before encryption was turned on, are
+// read as before, and sealed when next committed. With WithPrincipal, the
+// index entries hash principals with HMAC-SHA-256 under a key derived from
+// the sealing key, not SHA-256.
+//
+// It panics, as the constructors do on bad configuration, if it is given
+// no key, a key of another size, or one key twice. The store keeps its
+// own copy of keys.
+func WithEncryption(keys ...[]byte) Option {
+	own := make([][]byte, len(keys))
+	for i, k := range keys {
+		own[i] = append([]byte(nil), k...)
+	}
+	newSealer(own) // panics now, where the option is written, on a bad key
+	return func(o *options) { o.keys = own }
 }
 
 // WithBatching turns the sharing of etcd requests by concurrent calls on,

@@ -2,8 +2,7 @@ package etcdstore
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"strconv"
@@ -79,10 +78,20 @@ type principalIndex struct {
 	seed   maphash.Seed // of the digests of session data
 	prefix string       // PrincipalIndexPrefix of the session prefix
 	stats  *stats       // counts the data the codec cannot decode
+	sealer *sealer      // WithEncryption's, whose keys hash principals; or nil
 }
 
-func newPrincipalIndex(key, sessionPrefix string, codec scs.Codec, st *stats) *principalIndex {
-	return &principalIndex{key: key, codec: codec, seed: maphash.MakeSeed(), prefix: PrincipalIndexPrefix(sessionPrefix), stats: st}
+func newPrincipalIndex(key, sessionPrefix string, codec scs.Codec, st *stats, sl *sealer) *principalIndex {
+	return &principalIndex{key: key, codec: codec, seed: maphash.MakeSeed(), prefix: PrincipalIndexPrefix(sessionPrefix), stats: st, sealer: sl}
+}
+
+// sealing is the ID of the key that seals new sessions (0: none), under
+// whose index key their entries hash principals.
+func (x *principalIndex) sealing() uint32 {
+	if x.sealer == nil {
+		return 0
+	}
+	return x.sealer.sealedID()
 }
 
 // decode returns the principal that data names, and whether it names one.
@@ -117,15 +126,19 @@ func (x *principalIndex) of(last tokenState, known bool, data []byte) (string, b
 	return p, has, [2]uint64{sum}
 }
 
-// entries returns the key prefix of the index entries of principal.
-func (x *principalIndex) entries(principal string) string {
-	sum := sha256.Sum256([]byte(principal))
-	return x.prefix + hex.EncodeToString(sum[:16]) + "/"
+// entries returns the key prefix of the index entries of principal for
+// sessions sealed under key id (0: in the clear), and false if the store
+// lacks that key.
+func (x *principalIndex) entries(id uint32, principal string) (string, bool) {
+	h, ok := x.sealer.indexHash(id, principal)
+	return x.prefix + h + "/", ok
 }
 
-// entry returns the key of the index entry of principal and token.
-func (x *principalIndex) entry(principal, token string) string {
-	return x.entries(principal) + token
+// entry returns the key of the index entry of principal and token for a
+// session sealed under key id, and false if the store lacks that key.
+func (x *principalIndex) entry(id uint32, principal, token string) (string, bool) {
+	from, ok := x.entries(id, principal)
+	return from + token, ok
 }
 
 // ops returns the operations that bring the index entries of token from
@@ -133,11 +146,16 @@ func (x *principalIndex) entry(principal, token string) string {
 // data whose principal is p (has false: none), on lease id.
 func (x *principalIndex) ops(token string, base tokenState, known bool, p string, has bool, id clientv3.LeaseID) []clientv3.Op {
 	var ops []clientv3.Op
+	now := x.sealing()
 	if has {
-		ops = append(ops, clientv3.OpPut(x.entry(p, token), "", clientv3.WithLease(id)))
+		e, _ := x.entry(now, p, token)
+		ops = append(ops, clientv3.OpPut(e, "", clientv3.WithLease(id)))
 	}
-	if known && base.stored && base.principalKnown && base.principal != "" && (!has || base.principal != p) {
-		ops = append(ops, clientv3.OpDelete(x.entry(base.principal, token)))
+	if known && base.stored && base.principalKnown && base.principal != "" && (!has || base.principal != p || base.sealedBy != now) {
+		// An entry under a key dropped since goes with its lease.
+		if e, ok := x.entry(base.sealedBy, base.principal, token); ok {
+			ops = append(ops, clientv3.OpDelete(e))
+		}
 	}
 	return ops
 }
@@ -297,11 +315,16 @@ type deleteBatch struct {
 func planDeletes(entries []indexEntry, live, keep map[string]bool, key func(token string) string) []deleteBatch {
 	var batches []deleteBatch
 	var b deleteBatch
+	buried := make(map[string]bool)
 	for _, e := range entries {
 		if keep[e.token] {
 			continue
 		}
-		if live[e.token] {
+		// A token with entries under two keys' hashes (WithEncryption, an
+		// entry its key's rotation left) is buried once; its other
+		// entries are stale.
+		if live[e.token] && !buried[e.token] {
+			buried[e.token] = true
 			b.cmps = append(b.cmps,
 				clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.created),
 				clientv3.Compare(clientv3.Version(key(e.token)), ">", 0))
@@ -325,18 +348,28 @@ func planDeletes(entries []indexEntry, live, keep map[string]bool, key func(toke
 // principalSessions reads, within c, the index entries of principal and
 // the sessions they name, keyed by token (nil where there is none).
 func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, map[string]*mvccpb.KeyValue, error) {
-	from := s.index.entries(principal)
-	resp, err := retryValue(s.calls, c, func(ctx context.Context) (*clientv3.GetResponse, error) {
-		return s.client.Get(ctx, from, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	// One range per key whose entries may index the principal's
+	// sessions: those in the clear, and those of each encryption key.
+	var froms []string
+	var ranges []clientv3.Op
+	for _, id := range s.index.sealer.indexIDs() {
+		from, _ := s.index.entries(id, principal)
+		froms = append(froms, from)
+		ranges = append(ranges, clientv3.OpGet(from, clientv3.WithPrefix(), clientv3.WithKeysOnly()))
+	}
+	resp, err := retryValue(s.calls, c, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+		return s.client.Txn(ctx).Then(ranges...).Commit()
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	entries := make([]indexEntry, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		token := strings.TrimPrefix(string(kv.Key), from)
-		if validToken(token) {
-			entries = append(entries, indexEntry{key: string(kv.Key), token: token, rev: kv.ModRevision, created: kv.CreateRevision})
+	var entries []indexEntry
+	for i, r := range resp.Responses {
+		for _, kv := range r.GetResponseRange().GetKvs() {
+			token := strings.TrimPrefix(string(kv.Key), froms[i])
+			if validToken(token) {
+				entries = append(entries, indexEntry{key: string(kv.Key), token: token, rev: kv.ModRevision, created: kv.CreateRevision})
+			}
 		}
 	}
 	kvs := make(map[string]*mvccpb.KeyValue, len(entries))
@@ -367,7 +400,14 @@ func (s *EtcdStore) ofPrincipal(kv *mvccpb.KeyValue, principal string) ([]byte, 
 	if kv == nil {
 		return nil, false, nil
 	}
-	data, _, live, err := decodeStored(kv.Value, s.now())
+	value, err := s.plain(string(kv.Key), kv.Value)
+	if errors.Is(err, errUnopenable) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	data, _, live, err := decodeStored(value, s.now())
 	if err != nil || !live {
 		return nil, false, err
 	}

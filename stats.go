@@ -43,6 +43,12 @@ type Stats struct {
 	// session manager's codec, or that something else writes under the
 	// prefix.
 	CodecErrors int64
+	// DecryptFailures counts the stored sessions the store could not open
+	// (WithEncryption): sealed under a key it was not given, or failing to
+	// authenticate. Each read of one counts; the session is absent to it.
+	// Any means a key was dropped too early, an app server lacks a key, or
+	// something altered values under the prefix.
+	DecryptFailures int64
 
 	LeaseGrants int64 // leases granted
 	// Leases is how many granted leases the store may still attach
@@ -119,7 +125,7 @@ type stats struct {
 	finds, commits, deletes, alls        atomic.Int64
 	findsByPrincipal, deletesByPrincipal atomic.Int64
 	touchesSkipped, refused, conflicts   atomic.Int64
-	codecErrors                          atomic.Int64
+	codecErrors, decryptFailures         atomic.Int64
 	noSpace, tooLarge, auth, corrupt     atomic.Int64
 	canceled, timeout, other             atomic.Int64
 	latency                              struct{ find, commit, delete, all, findByPrincipal, deleteByPrincipal histogram }
@@ -217,6 +223,7 @@ func (s *EtcdStore) Stats() Stats {
 		ResurrectionsRefused: c.refused.Load(),
 		CommitConflicts:      c.conflicts.Load(),
 		CodecErrors:          c.codecErrors.Load(),
+		DecryptFailures:      c.decryptFailures.Load(),
 		LeaseGrants:          s.leases.granted.Load(),
 		Leases:               s.leases.len(s.now()),
 		RememberedTokens:     s.tokens.len(),

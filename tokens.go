@@ -56,6 +56,10 @@ type tokenState struct {
 	// (see WithPrincipal).
 	principal      string
 	principalKnown bool
+	// sealedBy is the ID of the key that sealed the stored session
+	// (WithEncryption; 0: in the clear), whose index entry hashes the
+	// principal under that key's.
+	sealedBy uint32
 	// digests are digests of up to two encodings of the session known to
 	// name principal, so that its principal is decoded once per change,
 	// not on every Find and commit.
@@ -129,7 +133,7 @@ func (m *tokenMemory) recordLocked(token string, s tokenState) {
 		return
 	}
 	if s.rev == e.rev && e.principalKnown && !s.principalKnown {
-		s.principal, s.principalKnown, s.digests = e.principal, true, e.digests
+		s.principal, s.principalKnown, s.digests, s.sealedBy = e.principal, true, e.digests, e.sealedBy
 	}
 	if s.hasData && e.hasData && s.alt == "" {
 		// The same session seen again, in the bytes of data or of alt.

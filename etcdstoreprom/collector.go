@@ -33,6 +33,10 @@
 //	etcdstore_codec_errors_total           counter: times the codec could not decode
 //	                                       session data. Alert on any: WithCodec is not
 //	                                       the session manager's codec.
+//	etcdstore_decrypt_failures_total       counter: reads of sealed sessions that did not
+//	                                       open (WithEncryption), served as absent. Alert
+//	                                       on any: a key dropped too early or missing on
+//	                                       an app server, or values altered in etcd.
 //	etcdstore_lease_grants_total           counter: etcd leases granted (about one per
 //	                                       1000 commits a bucket).
 //	etcdstore_leases                       gauge: leases the store may still use.
@@ -72,6 +76,7 @@ type collector struct {
 	calls, duration, errors, cache                   *prometheus.Desc
 	batches, batched, refusedBatches                 *prometheus.Desc
 	retries, conflicts, refused, touches, codecError *prometheus.Desc
+	decryptFailure                                   *prometheus.Desc
 	grants, leases, remembered                       *prometheus.Desc
 }
 
@@ -95,6 +100,7 @@ func NewCollector(store StatsSource, name string) prometheus.Collector {
 		refused:        desc("resurrections_refused_total", "Commits that wrote nothing: the session had been deleted."),
 		touches:        desc("touches_skipped_total", "Commits that wrote nothing: the session was unchanged and its expiry moved less than the touch interval."),
 		codecError:     desc("codec_errors_total", "Session data the codec could not decode: WithCodec is not the session manager's codec."),
+		decryptFailure: desc("decrypt_failures_total", "Reads of sealed sessions that did not open (WithEncryption): a key missing, or values altered."),
 		grants:         desc("lease_grants_total", "etcd leases granted."),
 		leases:         desc("leases", "etcd leases the store may still attach sessions to."),
 		remembered:     desc("remembered_tokens", "Session tokens the store remembers."),
@@ -150,6 +156,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.refused, st.ResurrectionsRefused)
 	counter(c.touches, st.TouchesSkipped)
 	counter(c.codecError, st.CodecErrors)
+	counter(c.decryptFailure, st.DecryptFailures)
 	counter(c.grants, st.LeaseGrants)
 	gauge(c.leases, st.Leases)
 	gauge(c.remembered, st.RememberedTokens)
