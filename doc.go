@@ -140,6 +140,38 @@
 // ends while it waits in the queue leaves it at once. Stats counts the
 // batches and the calls they carried.
 //
+// # Hashed tokens
+//
+// A session's token is its key in etcd: whoever reads etcd, a snapshot or
+// a backup could send it back as a cookie. Set the session manager's
+// HashTokenInStore (scs v2.9.0), and the store sees, and etcd holds, only
+// the tokens' SHA-256 digests. Wherever the app hands the store a token
+// outside SCS (the except tokens of DeleteByPrincipal) or compares one it
+// gave (the keys of FindByPrincipal and AllCtx), use StoreToken(sm,
+// sm.Token(ctx)); DeleteByPrincipal refuses, deleting nothing, a token
+// whose digest it finds where the token itself was wanted (ErrRawToken).
+// Errors never carry a session's key.
+//
+// # Encryption at rest
+//
+// WithEncryption seals each session's data with XChaCha20-Poly1305 under
+// the first of its keys; every key opens, each sealed value naming its
+// key by an ID derived from the key. The associated data is the value's
+// header and the session's key, so a value moved to another session, or
+// given another expiry, does not open. What etcd still shows: how many
+// sessions there are, their expiries (in the clear, so a read needs no key
+// to tell a live session), their sizes (the data's plus 56 bytes), and,
+// with WithPrincipal, how many sessions share a principal, under an
+// HMAC-SHA-256 of it that only a key holder can compute. A session that
+// does not open is absent and counted (Stats.DecryptFailures).
+//
+// To rotate a key: put the new key first in WithEncryption on every app
+// server, keeping the old one second; once every app server runs so, new
+// commits are sealed under the new key; drop the old key when the last
+// session sealed under it has expired (the session manager's Lifetime, or
+// IdleTimeout with touches, after the switch). A session whose key was
+// dropped reads as absent: its user logs in again.
+//
 // # Space
 //
 // etcd keeps every revision until it is compacted, and refuses every
