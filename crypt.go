@@ -157,9 +157,12 @@ func (s *EtcdStore) plain(key string, value []byte) ([]byte, error) {
 	}
 	var out []byte
 	var err error
-	if s.sealer == nil {
+	switch {
+	case len(value) < sealedHeaderSize+chacha20poly1305.NonceSizeX+chacha20poly1305.Overhead:
+		err = fmt.Errorf("%w: a sealed envelope of %d bytes, shorter than its header, nonce and tag", errCorrupt, len(value))
+	case s.sealer == nil:
 		err = fmt.Errorf("%w: the store was made without WithEncryption", errUnopenable)
-	} else {
+	default:
 		dst := make([]byte, envelopeHeader, len(value))
 		copy(dst, value[:envelopeHeader])
 		dst[len(envelopeMagic)] = envelopeVersion

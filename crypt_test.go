@@ -233,3 +233,21 @@ func TestEncryptionKeepsTheRest(t *testing.T) {
 		t.Fatalf("after DeleteByPrincipal: %v, %v; want b only", got, err)
 	}
 }
+
+// FuzzOpen: no stored value, however altered, makes opening panic, and
+// what opens is a clear envelope of the sealed value's expiry.
+func FuzzOpen(f *testing.F) {
+	key := bytes.Repeat([]byte{7}, EncryptionKeySize)
+	s := &EtcdStore{sealer: newSealer([][]byte{key}), stats: &stats{}}
+	good := s.sealer.seal(time.Unix(1_900_000_000, 0), "p:tok", []byte("data"))
+	f.Add([]byte(good), "p:tok")
+	f.Add([]byte(good[:20]), "p:tok")
+	f.Add([]byte(tombstone), "p:tok")
+	f.Add([]byte(envelopeMagic+"\x02"), "p:")
+	f.Fuzz(func(t *testing.T, value []byte, key string) {
+		out, err := s.plain(key, value)
+		if err == nil && isSealed(value) && (len(out) < envelopeHeader || out[3] != envelopeVersion || !bytes.Equal(out[4:12], value[4:12])) {
+			t.Fatalf("%q opened to %q", value, out)
+		}
+	})
+}
