@@ -17,6 +17,15 @@
 //
 //	go run ./example -etcd http://127.0.0.1:2379 -addr 127.0.0.1:4001
 //
+// On a cluster with TLS and auth, give the CA that signs its servers'
+// certificates, a client certificate and key if it asks for one, https://
+// URLs and an etcd user whose role may read and write the sessions'
+// prefix and their index (README, Authentication), its password in
+// ETCD_PASSWORD (or -password):
+//
+//	ETCD_PASSWORD=... go run ./example -etcd https://10.0.0.1:2379 \
+//		-cacert ca.pem -cert client.pem -key client-key.pem -user app
+//
 // On a cluster that holds only sessions and compacts nothing itself,
 // -compact 5m makes the copies compact it, one of them every 5 minutes.
 //
@@ -45,17 +54,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/etcdstore/etcdstore"
-	"github.com/etcdstore/etcdstore/internal/embedetcd"
 	"github.com/etcdstore/etcdstore/internal/exampleapp"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 )
 
 // etcdTimeout bounds how long the app waits for etcd at startup.
@@ -63,18 +67,28 @@ const etcdTimeout = 30 * time.Second
 
 // config is the app's configuration, from its flags.
 type config struct {
-	addr      string        // HTTP listen address
-	endpoints []string      // etcd client URLs; none starts an embedded etcd
-	dataDir   string        // the embedded etcd's data directory
-	prefix    string        // etcd key prefix of the sessions
-	idle      time.Duration // scs.SessionManager.IdleTimeout
-	touch     time.Duration // etcdstore.WithTouchInterval
-	compact   time.Duration // etcdstore.RunCompactor's interval; 0 for none
-	lifetime  time.Duration // scs.SessionManager.Lifetime
-	timeout   time.Duration // etcdstore.WithTimeout
-	cache     bool          // etcdstore.WithReadCache
-	wait      time.Duration // how long to wait for etcd at startup; 0: etcdTimeout
+	addr       string        // HTTP listen address
+	endpoints  []string      // etcd client URLs; none starts an embedded etcd
+	dataDir    string        // the embedded etcd's data directory
+	prefix     string        // etcd key prefix of the sessions
+	idle       time.Duration // scs.SessionManager.IdleTimeout
+	touch      time.Duration // etcdstore.WithTouchInterval
+	compact    time.Duration // etcdstore.RunCompactor's interval; 0 for none
+	lifetime   time.Duration // scs.SessionManager.Lifetime
+	timeout    time.Duration // etcdstore.WithTimeout
+	cache      bool          // etcdstore.WithReadCache
+	hashTokens bool          // scs.SessionManager.HashTokenInStore
+	caCert     string        // PEM file of the CAs that sign etcd's certificates
+	cert, key  string        // PEM files of the client certificate and its key
+	user       string        // etcd user; none logs in as nobody
+	password   string        // the etcd user's password
+	wait       time.Duration // how long to wait for etcd at startup; 0: etcdTimeout
 }
+
+// passwordEnv names the environment variable that holds the etcd user's
+// password when -password is empty: unlike a flag, it does not show in
+// the process list.
+const passwordEnv = "ETCD_PASSWORD"
 
 // parseFlags reads the configuration from the command-line arguments.
 func parseFlags(args []string, output io.Writer) (config, error) {
@@ -84,7 +98,7 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs.SetOutput(output)
 	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:4000", "HTTP listen `address`")
 	fs.StringVar(&endpoints, "etcd", os.Getenv("ETCD_ENDPOINTS"), "comma-separated etcd client `URLs` (default $ETCD_ENDPOINTS); none starts an embedded single-member etcd")
-	fs.StringVar(&cfg.dataDir, "data", "etcd-data", "data `directory` of the embedded etcd")
+	fs.StringVar(&cfg.dataDir, "data", "etcd-data", "data `directory` of the embedded etcd, which one app at a time may use")
 	fs.StringVar(&cfg.prefix, "prefix", etcdstore.DefaultPrefix, "etcd key `prefix` of the sessions")
 	fs.DurationVar(&cfg.idle, "idle", 20*time.Minute, "a session expires after this long without a request; 0 for never")
 	fs.DurationVar(&cfg.touch, "touch", 0, "a request that changes nothing writes its session again only once its expiry moves this far; 0 writes on every request (etcdstore.WithTouchInterval) (default half of -idle)")
@@ -92,13 +106,22 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs.DurationVar(&cfg.lifetime, "lifetime", 24*time.Hour, "a session expires this long after it began, however active")
 	fs.BoolVar(&cfg.cache, "cache", false, "answer session reads from a watch-fed copy of the sessions in memory, still linearizable (etcdstore.WithReadCache)")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "a request fails with a 500 when etcd has not answered the session store in this long (etcdstore.WithTimeout)")
+	fs.BoolVar(&cfg.hashTokens, "hash-tokens", true, "keep each session in etcd under a SHA-256 digest of its token, not the token, so that whoever reads etcd or a backup of it cannot present a live session's token (scs.SessionManager.HashTokenInStore); changing it loses the sessions stored")
+	fs.StringVar(&cfg.caCert, "cacert", "", "PEM `file` of the CA certificates that verify the etcd servers' certificates, for https:// -etcd URLs (default the system's)")
+	fs.StringVar(&cfg.cert, "cert", "", "PEM `file` of the client certificate to present to etcd, with -key")
+	fs.StringVar(&cfg.key, "key", "", "PEM `file` of the private key of -cert")
+	fs.StringVar(&cfg.user, "user", "", "etcd user `name` to log in as, with -password, when etcd has auth enabled")
+	fs.StringVar(&cfg.password, "password", "", "`password` of -user (default $"+passwordEnv+", read when -password is empty; the environment does not show in the process list)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
-	touchSet := false
-	fs.Visit(func(f *flag.Flag) { touchSet = touchSet || f.Name == "touch" })
-	if !touchSet {
+	set := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["touch"] {
 		cfg.touch = cfg.idle / 2
+	}
+	if cfg.password == "" {
+		cfg.password = os.Getenv(passwordEnv)
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -108,28 +131,58 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 			cfg.endpoints = append(cfg.endpoints, ep)
 		}
 	}
-	if cfg.prefix == "" {
-		return config{}, errors.New("-prefix must not be empty")
+	if err := cfg.check(); err != nil {
+		return config{}, err
 	}
-	if cfg.lifetime <= 0 {
-		return config{}, errors.New("-lifetime must be positive")
-	}
-	if cfg.idle < 0 {
-		return config{}, errors.New("-idle must not be negative")
-	}
-	if cfg.compact < 0 {
-		return config{}, errors.New("-compact must not be negative")
-	}
-	if cfg.touch < 0 {
-		return config{}, errors.New("-touch must not be negative")
-	}
-	if cfg.timeout <= 0 {
-		return config{}, errors.New("-timeout must be positive")
-	}
-	if cfg.idle > 0 && cfg.touch >= cfg.idle {
-		return config{}, fmt.Errorf("-touch %v must be less than -idle %v: an active session would expire a fixed time after its last write", cfg.touch, cfg.idle)
+	if err := cfg.checkEtcd(set["password"]); err != nil {
+		return config{}, err
 	}
 	return cfg, nil
+}
+
+// check checks the durations and the prefix.
+func (cfg config) check() error {
+	switch {
+	case cfg.prefix == "":
+		return errors.New("-prefix must not be empty")
+	case cfg.lifetime <= 0:
+		return errors.New("-lifetime must be positive")
+	case cfg.idle < 0:
+		return errors.New("-idle must not be negative")
+	case cfg.compact < 0:
+		return errors.New("-compact must not be negative")
+	case cfg.touch < 0:
+		return errors.New("-touch must not be negative")
+	case cfg.timeout <= 0:
+		return errors.New("-timeout must be positive")
+	case cfg.idle > 0 && cfg.touch >= cfg.idle:
+		return fmt.Errorf("-touch %v must be less than -idle %v: an active session would expire a fixed time after its last write", cfg.touch, cfg.idle)
+	}
+	return nil
+}
+
+// checkEtcd checks the TLS and auth flags against the endpoints;
+// passwordFlag says whether -password was given.
+func (cfg config) checkEtcd(passwordFlag bool) error {
+	useTLS := cfg.caCert != "" || cfg.cert != "" || cfg.key != ""
+	switch {
+	case len(cfg.endpoints) == 0 && (useTLS || cfg.user != "" || passwordFlag):
+		return errors.New("-cacert, -cert, -key, -user and -password are for a cluster given with -etcd: the embedded etcd serves plain http on loopback, with no auth")
+	case (cfg.cert == "") != (cfg.key == ""):
+		return errors.New("-cert and -key go together: a client certificate and its private key")
+	case passwordFlag && cfg.user == "":
+		return errors.New("-password needs -user")
+	case strings.Contains(cfg.user, ":"):
+		return fmt.Errorf("-user takes the name alone; give the password with -password or %s", passwordEnv)
+	case cfg.user != "" && cfg.password == "":
+		return fmt.Errorf("-user %s needs a password: -password or %s", cfg.user, passwordEnv)
+	}
+	for _, ep := range cfg.endpoints {
+		if useTLS && strings.HasPrefix(ep, "http://") {
+			return fmt.Errorf("-etcd %s: with -cacert, -cert or -key the URLs are https:// (etcd's client talks plain http to an http:// URL, TLS or not)", ep)
+		}
+	}
+	return nil
 }
 
 func main() {
@@ -169,7 +222,11 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 	}
 	defer conn.close()
 
-	log.Printf("sessions in etcd at %s under prefix %q", strings.Join(conn.client.Endpoints(), ","), cfg.prefix)
+	asUser := ""
+	if cfg.user != "" {
+		asUser = fmt.Sprintf(" as user %q", cfg.user)
+	}
+	log.Printf("sessions in etcd at %s under prefix %q%s", strings.Join(conn.client.Endpoints(), ","), cfg.prefix, asUser)
 	opts := []etcdstore.Option{etcdstore.WithTouchInterval(cfg.touch), etcdstore.WithTimeout(cfg.timeout),
 		etcdstore.WithPrincipal(exampleapp.PrincipalKey)}
 	if cfg.cache {
@@ -178,6 +235,7 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix, opts...)
 	defer store.Close()
 	sm := exampleapp.NewSessionManager(store, cfg.idle, cfg.lifetime)
+	sm.HashTokenInStore = cfg.hashTokens
 	srv := &http.Server{Handler: withMetrics(exampleapp.New(sm), store), ReadHeaderTimeout: 10 * time.Second}
 
 	if cfg.compact > 0 {
@@ -211,86 +269,4 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 		return errors.Join(failed, err)
 	}
 	return failed
-}
-
-// etcdConn is the app's link to etcd.
-type etcdConn struct {
-	client *clientv3.Client
-	member *embed.Etcd // the embedded member, or nil
-}
-
-// failed returns a channel that receives the embedded member's fatal
-// error, or nil (which never receives) for a remote cluster.
-func (c *etcdConn) failed() <-chan error {
-	if c.member == nil {
-		return nil
-	}
-	return c.member.Err()
-}
-
-// close closes the client, then stops the embedded member.
-func (c *etcdConn) close() {
-	c.client.Close()
-	if c.member != nil {
-		c.member.Close()
-	}
-}
-
-// connect returns a client of the etcd cluster at cfg.endpoints, or of a
-// single-member etcd it starts in cfg.dataDir when there are none, once
-// the cluster answers a read.
-func connect(ctx context.Context, cfg config) (*etcdConn, error) {
-	conn := &etcdConn{}
-	wait := cfg.wait
-	if wait <= 0 {
-		wait = etcdTimeout
-	}
-	endpoints := cfg.endpoints
-	if len(endpoints) == 0 {
-		member, err := embedetcd.Start(embedetcd.Local("default", cfg.dataDir), etcdTimeout)
-		if err != nil {
-			return nil, err
-		}
-		conn.member = member
-		endpoints = []string{"http://" + member.Clients[0].Addr().String()}
-		abs, err := filepath.Abs(cfg.dataDir)
-		if err != nil {
-			abs = cfg.dataDir
-		}
-		log.Printf("started an embedded etcd at %s, data in %s", endpoints[0], abs)
-	}
-	client, err := clientv3.New(clientv3.Config{
-		Endpoints:   endpoints,
-		DialTimeout: 5 * time.Second,
-		// Without keepalive, a connection to a member that stopped
-		// answering (a dead host, a dropped link) stays open and holds
-		// every request sent to it until its deadline; with it, gRPC drops
-		// the connection about 12 s in (docs/reliability.md). 10 s is
-		// gRPC's least.
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 2 * time.Second,
-		Logger:               zap.NewNop(),
-	})
-	if err != nil {
-		if conn.member != nil {
-			conn.member.Close()
-		}
-		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
-	}
-	conn.client = client
-	// The read etcdctl's "endpoint health" makes: it needs a quorum, so
-	// a cluster that answers it can serve the store.
-	if conn.member == nil {
-		log.Printf("waiting for etcd at %s (at most %v)", strings.Join(endpoints, ","), wait)
-	}
-	readyCtx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	if _, err := client.Get(readyCtx, "health"); err != nil {
-		conn.close()
-		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("etcd at %s did not answer within %v: is it running, are these its client URLs (-etcd), and does it have a leader? (%w)", strings.Join(endpoints, ","), wait, err)
-		}
-		return nil, fmt.Errorf("etcd at %s: %w", strings.Join(endpoints, ","), err)
-	}
-	return conn, nil
 }

@@ -2,16 +2,32 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
 	"io"
 	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/goleak"
 
+	"github.com/etcdstore/etcdstore"
+	"github.com/etcdstore/etcdstore/internal/embedetcd"
+	"github.com/etcdstore/etcdstore/internal/etcdtest"
+	"github.com/etcdstore/etcdstore/internal/tlstest"
 	"github.com/etcdstore/etcdstore/internal/webtest"
 )
 
@@ -26,6 +42,33 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("github.com/alexedwards/scs/v2/memstore.(*MemStore).startCleanup"))
 }
 
+// startApp runs serve with cfg in the background and returns the app's
+// URL and a func that stops it and waits for it to return, also called
+// when the test ends.
+func startApp(t *testing.T, cfg config) (string, func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, cfg, ln) }()
+	stop := sync.OnceFunc(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("serve did not return 30 s after its context ended")
+		}
+	})
+	t.Cleanup(stop)
+	return "http://" + ln.Addr().String(), stop
+}
+
 // The app as run from the command line: it starts an embedded etcd in its
 // data directory, serves, stops cleanly when its context ends, and finds
 // its sessions again when started anew on the same directory.
@@ -37,38 +80,12 @@ func TestServeKeepsSessionsAcrossRestarts(t *testing.T) {
 	}
 	ann := webtest.New(t)
 
-	// start runs serve in the background and returns the app's URL and a
-	// func that stops it and waits for it to return.
-	start := func() (string, func()) {
-		t.Helper()
-		ln, err := net.Listen("tcp", cfg.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- serve(ctx, cfg, ln) }()
-		stop := sync.OnceFunc(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("serve: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				t.Error("serve did not return 30 s after its context ended")
-			}
-		})
-		t.Cleanup(stop)
-		return "http://" + ln.Addr().String(), stop
-	}
-
-	base, stop := start()
+	base, stop := startApp(t, cfg)
 	ann.Want(base, "/put", "stored\n")
 	ann.Want(base, "/login?name=ann", "logged in as ann\n")
 	stop()
 
-	base, stop = start() // another port on the same host: the cookie still goes
+	base, stop = startApp(t, cfg) // another port on the same host: the cookie still goes
 	ann.Want(base, "/get", "Hello from a session!\n")
 	ann.Want(base, "/sessions", "live sessions: 1\n")
 	// The store's stats, for Prometheus: this run's two requests with a
@@ -114,6 +131,10 @@ func TestParseFlags(t *testing.T) {
 		{"-timeout", "0s"},
 		{"-idle", "10m", "-touch", "10m"},
 		{"extra"},
+		{"-cacert", "ca.pem"}, // no -etcd: the embedded etcd has no TLS
+		{"-user", "app", "-password", "pw"},
+		{"-etcd", "https://127.0.0.1:2379", "-cert", "c.pem"},
+		{"-etcd", "https://127.0.0.1:2379", "-user", "app:pw"},
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q): no error", args)
@@ -133,6 +154,41 @@ func TestParseFlags(t *testing.T) {
 		if cfg, err := parseFlags(tc.args, io.Discard); err != nil || cfg.touch != tc.touch {
 			t.Errorf("parseFlags(%q): touch %v, %v; want %v", tc.args, cfg.touch, err, tc.touch)
 		}
+	}
+}
+
+// -hash-tokens is on unless turned off; -password is empty unless given.
+func TestParseFlagsDefaults(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		hash bool
+	}{{nil, true}, {[]string{"-hash-tokens=false"}, false}, {[]string{"-hash-tokens"}, true}} {
+		if cfg, err := parseFlags(tc.args, io.Discard); err != nil || cfg.hashTokens != tc.hash {
+			t.Errorf("parseFlags(%q): hashTokens %v, %v; want %v", tc.args, cfg.hashTokens, err, tc.hash)
+		}
+	}
+}
+
+// With no -password, the password comes from ETCD_PASSWORD; -password
+// wins over it; with no -user, it is not asked for.
+func TestParseFlagsPasswordFromEnvironment(t *testing.T) {
+	t.Setenv("ETCD_PASSWORD", "from-env")
+	base := []string{"-etcd", "https://127.0.0.1:2379", "-user", "app"}
+	for _, tc := range []struct {
+		args     []string
+		password string
+	}{{base, "from-env"}, {append(base, "-password", "from-flag"), "from-flag"}, {append(base, "-password", ""), "from-env"}} {
+		if cfg, err := parseFlags(tc.args, io.Discard); err != nil || cfg.password != tc.password || cfg.user != "app" {
+			t.Errorf("parseFlags(%q): user %q password %q, %v; want app, %q", tc.args, cfg.user, cfg.password, err, tc.password)
+		}
+	}
+	if _, err := parseFlags(nil, io.Discard); err != nil {
+		t.Errorf("parseFlags() with ETCD_PASSWORD set: %v", err)
+	}
+	t.Setenv("ETCD_PASSWORD", "")
+	if _, err := parseFlags(base, io.Discard); err == nil || !strings.Contains(err.Error(), "-user app needs a password") {
+		t.Errorf("parseFlags(%q) with no password = %v, want an error that asks for one", base, err)
 	}
 }
 
@@ -183,4 +239,246 @@ func TestUnreachableEtcd(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "did not answer within 300ms") || !strings.Contains(err.Error(), "-etcd") {
 		t.Fatalf("connect to a closed port = %v, want an error that says what to check", err)
 	}
+}
+
+// secureEtcd is an etcd that serves clients over https alone, asks each
+// for a certificate its CA signed, and has auth enabled.
+type secureEtcd struct {
+	endpoint string
+	client   tlstest.Files // a client's certificate, key and the CA
+	root     *clientv3.Client
+}
+
+// The users of startSecureEtcd and their passwords.
+const (
+	appUser, appPassword         = "app", "app-password"
+	noIndexUser, noIndexPassword = "noindex", "noindex-password"
+)
+
+// startSecureEtcd starts a secureEtcd with a root user and two others:
+// appUser, whose role grants readwrite on exactly the sessions' prefix
+// range and their index's, and noIndexUser, whose role grants the
+// sessions' prefix alone. Neither has the root role.
+func startSecureEtcd(t *testing.T, prefix string) *secureEtcd {
+	t.Helper()
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, "example test CA")
+	// etcd's gRPC gateway dials the server with the server's own
+	// certificate, so it is valid for both ends.
+	server := ca.WriteFiles(t, dir, "etcd", x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	// A common name that is no etcd user's: with client-certificate auth
+	// etcd takes it as the user of a request without a password login.
+	client := ca.WriteFiles(t, dir, "example-client", x509.ExtKeyUsageClientAuth)
+	srv := etcdtest.Start(t, func(cfg *embed.Config) {
+		for _, urls := range [][]url.URL{cfg.ListenClientUrls, cfg.AdvertiseClientUrls} {
+			for i := range urls {
+				urls[i].Scheme = "https"
+			}
+		}
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: server.Cert, KeyFile: server.Key, TrustedCAFile: server.CA, ClientCertAuth: true}
+		cfg.AuthToken = "simple"
+		cfg.BcryptCost = 4 // bcrypt.MinCost: the tests need speed, not strength
+	})
+	tlsConfig, err := (transport.TLSInfo{CertFile: client.Cert, KeyFile: client.Key, TrustedCAFile: client.CA}).ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := etcdtest.NewClient(t, clientv3.Config{Endpoints: srv.Endpoints(), TLS: tlsConfig})
+	ctx := etcdtest.Context(t, 30*time.Second)
+	index := etcdstore.PrincipalIndexPrefix(prefix)
+	steps := []func() error{
+		func() error { _, err := admin.UserAdd(ctx, "root", "root-password"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+	}
+	for _, u := range []struct {
+		name, password string
+		prefixes       []string
+	}{{appUser, appPassword, []string{prefix, index}}, {noIndexUser, noIndexPassword, []string{prefix}}} {
+		steps = append(steps,
+			func() error { _, err := admin.RoleAdd(ctx, u.name); return err },
+			func() error { _, err := admin.UserAdd(ctx, u.name, u.password); return err },
+			func() error { _, err := admin.UserGrantRole(ctx, u.name, u.name); return err })
+		for _, p := range u.prefixes {
+			steps = append(steps, func() error {
+				_, err := admin.RoleGrantPermission(ctx, u.name, p, clientv3.GetPrefixRangeEnd(p), clientv3.PermissionType(clientv3.PermReadWrite))
+				return err
+			})
+		}
+	}
+	steps = append(steps, func() error { _, err := admin.AuthEnable(ctx); return err })
+	for i, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("auth setup, step %d: %v", i+1, err)
+		}
+	}
+	root := etcdtest.NewClient(t, clientv3.Config{Endpoints: srv.Endpoints(), TLS: tlsConfig, Username: "root", Password: "root-password"})
+	return &secureEtcd{endpoint: srv.Endpoints()[0], client: client, root: root}
+}
+
+// flags returns the example's flags for e, then extra: later flags
+// override earlier ones.
+func (e *secureEtcd) flags(extra ...string) []string {
+	return append([]string{"-addr", "127.0.0.1:0", "-etcd", e.endpoint,
+		"-cacert", e.client.CA, "-cert", e.client.Cert, "-key", e.client.Key}, extra...)
+}
+
+// appLogin is the login flags of appUser.
+var appLogin = []string{"-user", appUser, "-password", appPassword}
+
+// TestSecuredCluster: the example, with -cacert, -cert, -key, -user and
+// -password, serves its sessions from an etcd that requires a client
+// certificate and a login, as a user whose role grants only the
+// sessions' prefix and their index's. etcd holds the tokens' digests
+// (-hash-tokens, on by default), or with -hash-tokens=false the tokens.
+func TestSecuredCluster(t *testing.T) {
+	t.Parallel()
+	e := startSecureEtcd(t, etcdstore.DefaultPrefix)
+	cfg, err := parseFlags(e.flags(appLogin...), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, _ := startApp(t, cfg)
+	ann := webtest.New(t)
+	ann.Want(base, "/put", "stored\n")
+	ann.Want(base, "/get", "Hello from a session!\n")
+	ann.Want(base, "/login?name=ann", "logged in as ann\n")
+	devices := ann.MustGet(base, "/devices")
+	if !strings.HasPrefix(devices, "sessions of ann: 1\n") || !strings.Contains(devices, " (this one)\n") {
+		t.Errorf("/devices = %q, want one session of ann, this one", devices)
+	}
+
+	// SCS's digest under HashTokenInStore (scs v2.9.0, data.go,
+	// hashToken).
+	token := ann.Token(base)
+	sum := sha256.Sum256([]byte(token))
+	digest := base64.RawURLEncoding.EncodeToString(sum[:])
+	if keys := sessionKeys(t, e.root); !slices.Contains(keys, etcdstore.DefaultPrefix+digest) || strings.Contains(strings.Join(keys, " "), token) {
+		t.Errorf("keys %q in etcd, cookie token %q: want its digest %q, not the token", keys, token, digest)
+	}
+
+	// -hash-tokens=false: the key is the token.
+	cfg, err = parseFlags(e.flags(append(appLogin, "-hash-tokens=false")...), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, _ = startApp(t, cfg)
+	bob := webtest.New(t)
+	bob.Want(base, "/login?name=bob", "logged in as bob\n")
+	if keys := sessionKeys(t, e.root); !slices.Contains(keys, etcdstore.DefaultPrefix+bob.Token(base)) {
+		t.Errorf("keys %q in etcd, want one of bob's token %q", keys, bob.Token(base))
+	}
+}
+
+// sessionKeys returns the keys under the default prefix.
+func sessionKeys(t *testing.T, c *clientv3.Client) []string {
+	t.Helper()
+	resp, err := c.Get(etcdtest.Context(t, 30*time.Second), etcdstore.DefaultPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, kv := range resp.Kvs {
+		keys = append(keys, string(kv.Key))
+	}
+	return keys
+}
+
+// TestSecuredClusterRefusals: wrong or missing credentials, files or
+// permissions fail the start within the wait, with an error that says
+// what to check.
+func TestSecuredClusterRefusals(t *testing.T) {
+	t.Parallel()
+	e := startSecureEtcd(t, etcdstore.DefaultPrefix)
+	other := tlstest.NewCA(t, "another CA").WriteFiles(t, t.TempDir(), "other", x509.ExtKeyUsageClientAuth)
+	notPEM := filepath.Join(t.TempDir(), "not.pem")
+	if err := os.WriteFile(notPEM, []byte("not PEM\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const wait = time.Second
+	login := func(user, password string, extra ...string) []string {
+		return append([]string{"-user", user, "-password", password}, extra...)
+	}
+	for _, tc := range []struct {
+		name  string
+		args  []string // after e.flags()
+		want  string
+		is    error // wrapped, or nil
+		check bool  // parseFlags fails, before any connection
+	}{
+		{name: "wrong password", args: login(appUser, "wrong"), want: `refused user "app": are -user and the password (-password, or ETCD_PASSWORD) right?`, is: rpctypes.ErrAuthFailed},
+		{name: "no such user", args: login("nobody", appPassword), want: `refused user "nobody"`, is: rpctypes.ErrAuthFailed},
+		{name: "no index permission", args: login(noIndexUser, noIndexPassword), want: `user "noindex" may not read the sessions (prefix "scs:session:") or their index (prefix "etcdstore/principal/12:scs:session:/"): grant its role readwrite on both`, is: rpctypes.ErrPermissionDenied},
+		{name: "no login", want: "has auth enabled, and a client without -user may not read the sessions: pass -user, and its password with -password or ETCD_PASSWORD", is: rpctypes.ErrPermissionDenied},
+		{name: "password without user", args: []string{"-password", appPassword}, check: true, want: "-password needs -user"},
+		{name: "missing CA file", args: login(appUser, appPassword, "-cacert", filepath.Join(t.TempDir(), "missing.pem")), want: "-cacert: open ", is: os.ErrNotExist},
+		{name: "key as CA", args: login(appUser, appPassword, "-cacert", e.client.Key), want: "-cacert " + e.client.Key + ": no certificate in it"},
+		{name: "not PEM", args: login(appUser, appPassword, "-cert", notPEM), want: "-cert " + notPEM + ": not a PEM file"},
+		{name: "key of another certificate", args: login(appUser, appPassword, "-key", other.Key), want: "private key does not match public key"},
+		{name: "cert without key", args: login(appUser, appPassword, "-key", ""), check: true, want: "-cert and -key go together"},
+		{name: "http URL with TLS", args: login(appUser, appPassword, "-etcd", "http://"+strings.TrimPrefix(e.endpoint, "https://")), check: true, want: "with -cacert, -cert or -key the URLs are https://"},
+		{name: "server not trusted", args: []string{"-cacert", other.CA}, want: "did not answer within 1s: is it running, are these its client URLs (-etcd), does it accept -cert, is its certificate signed by -cacert, and does it have a leader?"},
+		{name: "server not trusted, at login", args: login(appUser, appPassword, "-cacert", other.CA), want: `did not answer the login of user "app" within 1s`},
+		{name: "no client certificate", args: []string{"-cert", "", "-key", ""}, want: "did not answer within 1s"},
+		{name: "client certificate of another CA", args: []string{"-cert", other.Cert, "-key", other.Key}, want: "did not answer within 1s"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg, err := parseFlags(e.flags(tc.args...), io.Discard)
+			if tc.check {
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("parseFlags = %v, want an error that says %q", err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.wait = wait
+			start := time.Now()
+			conn, err := connect(context.Background(), cfg)
+			if err == nil {
+				conn.close()
+				t.Fatal("connect: no error")
+			}
+			if !strings.Contains(err.Error(), tc.want) || (tc.is != nil && !errors.Is(err, tc.is)) {
+				t.Errorf("connect = %v\nwant an error that says %q and wraps %v", err, tc.want, tc.is)
+			}
+			if took := time.Since(start); took > dialTimeout+wait+5*time.Second {
+				t.Errorf("the refused connect took %v", took)
+			}
+			t.Logf("%v (%v)", err, time.Since(start).Round(time.Millisecond))
+		})
+	}
+}
+
+// TestDataDirInUse: an app started on the data directory of one that
+// runs fails at once, with an error that says the directory is in use
+// and what to do; once the first has stopped, it starts.
+func TestDataDirInUse(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg, err := parseFlags([]string{"-data", dir, "-addr", "127.0.0.1:0"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, stop := startApp(t, cfg)
+	webtest.New(t).Want(base, "/put", "stored\n") // it has started
+	start := time.Now()
+	conn, err := connect(context.Background(), cfg)
+	if err == nil {
+		conn.close()
+		t.Fatal("a second app on the same data directory started")
+	}
+	if want := "embedded etcd: data directory " + dir + " is in use by another etcd member of this process (lock " + filepath.Join(dir, embedetcd.LockFile) + "); stop it or pass another -data"; err.Error() != want {
+		t.Errorf("second app on the same data directory: %v\nwant %s", err, want)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the refused start took %v", took)
+	}
+	stop()
+	conn, err = connect(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("an app on the data directory after the first stopped: %v", err)
+	}
+	conn.close()
 }

@@ -4,12 +4,18 @@
 package embedetcd
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/etcdstore/etcdstore/internal/dirlock"
 )
 
 // The space settings of the members Local configures. etcd keeps every
@@ -57,19 +63,145 @@ func Local(name, dir string) *embed.Config {
 // Start starts a member with cfg and waits until it is ready to serve,
 // until it fails, or for timeout, whichever comes first. On an error the
 // member is closed.
+//
+// First it locks cfg.Dir (LockFile in it), until the member has stopped:
+// a directory another member holds, in this process or another, fails
+// at once with an error that wraps ErrDirInUse. Without the lock, etcd
+// would wait without end for its database file's lock.
 func Start(cfg *embed.Config, timeout time.Duration) (*embed.Etcd, error) {
+	lock, err := lockDir(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
+		lock.release()
 		return nil, fmt.Errorf("start etcd %s in %s: %w", cfg.Name, cfg.Dir, err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
+		lock.holdUntil(e.Server.StopNotify())
 		return e, nil
 	case err := <-e.Err():
 		e.Close()
+		lock.release()
 		return nil, fmt.Errorf("etcd %s in %s: %w", cfg.Name, cfg.Dir, err)
 	case <-time.After(timeout):
 		e.Close()
+		lock.release()
 		return nil, fmt.Errorf("etcd %s in %s not ready after %v", cfg.Name, cfg.Dir, timeout)
 	}
+}
+
+// LockFile is the file in a member's data directory that Start locks.
+const LockFile = "embedetcd.lock"
+
+// ErrDirInUse is wrapped by Start's error when another member, in this
+// process or another, holds the data directory.
+var ErrDirInUse = errors.New("embedded etcd: data directory in use")
+
+// dirInUseError says which directory is in use, and by whom.
+type dirInUseError struct {
+	dir, lock, by string
+}
+
+func (e *dirInUseError) Error() string {
+	return fmt.Sprintf("embedded etcd: data directory %s is in use by %s (lock %s)", e.dir, e.by, e.lock)
+}
+
+func (e *dirInUseError) Unwrap() error { return ErrDirInUse }
+
+// dirLock is this process's lock of one data directory.
+type dirLock struct {
+	path string
+	lock *dirlock.Lock
+	// Guarded by heldMu:
+	stopped  <-chan struct{} // closed once the member has stopped; nil while it starts
+	released bool
+}
+
+// heldMu protects held and the dirLocks in it.
+var heldMu sync.Mutex
+
+// held maps the path of each lock file this process holds to its lock.
+var held = make(map[string]*dirLock)
+
+// lockDir creates dir if need be and locks it. A lock this process holds
+// for a member that has stopped is released first: the goroutine of
+// holdUntil may not have run yet, and a member restarted at once on its
+// directory must not find it in use.
+func lockDir(dir string) (*dirLock, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: data directory %s: %w", dir, err)
+	}
+	// etcd's own mode for its data directory (fileutil.PrivateDirMode).
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	path := filepath.Join(abs, LockFile)
+	heldMu.Lock()
+	defer heldMu.Unlock()
+	if prev := held[path]; prev != nil {
+		if !prev.stoppedLocked() {
+			return nil, &dirInUseError{dir: abs, lock: path, by: "another etcd member of this process"}
+		}
+		prev.releaseLocked()
+	}
+	l, err := dirlock.TryLock(path)
+	if errors.Is(err, dirlock.ErrLocked) {
+		return nil, &dirInUseError{dir: abs, lock: path, by: "another process"}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	lock := &dirLock{path: path, lock: l}
+	held[path] = lock
+	return lock, nil
+}
+
+// holdUntil keeps the lock until stopped is closed: etcd closes it once
+// its database and WAL are closed (EtcdServer.StopNotify).
+func (l *dirLock) holdUntil(stopped <-chan struct{}) {
+	heldMu.Lock()
+	l.stopped = stopped
+	heldMu.Unlock()
+	go func() {
+		<-stopped
+		l.release()
+	}()
+}
+
+// stoppedLocked reports whether the member that holds l has stopped.
+// heldMu must be held.
+func (l *dirLock) stoppedLocked() bool {
+	if l.stopped == nil {
+		return false
+	}
+	select {
+	case <-l.stopped:
+		return true
+	default:
+		return false
+	}
+}
+
+// release releases l, once.
+func (l *dirLock) release() {
+	heldMu.Lock()
+	defer heldMu.Unlock()
+	l.releaseLocked()
+}
+
+// releaseLocked releases l, once. heldMu must be held.
+func (l *dirLock) releaseLocked() {
+	if l.released {
+		return
+	}
+	l.released = true
+	if held[l.path] == l {
+		delete(held, l.path)
+	}
+	// Closing the file drops the lock; nothing else can fail here.
+	l.lock.Unlock()
 }

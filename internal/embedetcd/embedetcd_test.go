@@ -1,11 +1,21 @@
 package embedetcd
 
 import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/goleak"
+
+	"github.com/etcdstore/etcdstore/internal/dirlock"
 )
 
 func TestMain(m *testing.M) {
@@ -28,4 +38,140 @@ func TestLocalCompacts(t *testing.T) {
 	if sc.QuotaBackendBytes != QuotaBytes {
 		t.Errorf("quota %d bytes, want %d", sc.QuotaBackendBytes, QuotaBytes)
 	}
+}
+
+// memberEnv names the data directory in which the test binary, run as
+// TestMember's child, runs a member until its standard input closes.
+const memberEnv = "EMBEDETCD_TEST_MEMBER_DIR"
+
+// TestMember is the other process of TestDirInUseByAnotherProcess: it
+// does nothing unless memberEnv is set.
+func TestMember(t *testing.T) {
+	dir := os.Getenv(memberEnv)
+	if dir == "" {
+		t.Skip("the other process of TestDirInUseByAnotherProcess")
+	}
+	e, err := Start(Local("default", dir), 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	os.Stdout.WriteString("ready\n")
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// startAtOnce starts a member in dir and fails the test unless Start
+// returns within a few seconds: a member that waits for a lock would
+// wait for minutes.
+func startAtOnce(t *testing.T, dir string) (*embed.Etcd, error) {
+	t.Helper()
+	type result struct {
+		e   *embed.Etcd
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		e, err := Start(Local("default", dir), 30*time.Second)
+		done <- result{e, err}
+	}()
+	select {
+	case r := <-done:
+		return r.e, r.err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Start in %s has not returned after 10 s", dir)
+		return nil, nil
+	}
+}
+
+// wantInUse fails the test unless err says that dir is in use by, and
+// names its lock file.
+func wantInUse(t *testing.T, e *embed.Etcd, err error, dir, by string) {
+	t.Helper()
+	if e != nil {
+		e.Close()
+	}
+	want := fmt.Sprintf("embedded etcd: data directory %s is in use by %s (lock %s)", dir, by, filepath.Join(dir, LockFile))
+	if !errors.Is(err, ErrDirInUse) || err.Error() != want {
+		t.Fatalf("Start on a directory in use = %v, want %q wrapping ErrDirInUse", err, want)
+	}
+}
+
+// TestDirInUseByAnotherProcess: while another process runs a member in a
+// directory, Start there fails at once, saying so; once that process has
+// stopped, Start there works, on the data it left.
+func TestDirInUseByAnotherProcess(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMember$")
+	cmd.Env = append(os.Environ(), memberEnv+"="+dir)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := false
+	stopChild := func() error {
+		stdin.Close()
+		io.Copy(io.Discard, stdout)
+		if waited {
+			return nil
+		}
+		waited = true
+		return cmd.Wait()
+	}
+	defer stopChild()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "ready\n" {
+		t.Fatalf("the other process said %q, %v; want ready", line, err)
+	}
+
+	start := time.Now()
+	e, err := startAtOnce(t, dir)
+	wantInUse(t, e, err, dir, "another process")
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the refused Start took %v", took)
+	}
+
+	if err := stopChild(); err != nil {
+		t.Fatalf("the other process: %v", err)
+	}
+	e, err = startAtOnce(t, dir)
+	if err != nil {
+		t.Fatalf("Start after the other process stopped: %v", err)
+	}
+	e.Close()
+}
+
+// TestDirInUseInProcess: a second member on a directory that a member of
+// this process holds fails at once; a member started the moment the
+// first has closed, on its directory, works, every time.
+func TestDirInUseInProcess(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for i := range 3 {
+		e, err := startAtOnce(t, dir)
+		if err != nil {
+			t.Fatalf("start %d: %v", i+1, err)
+		}
+		second, err := startAtOnce(t, dir)
+		wantInUse(t, second, err, dir, "another etcd member of this process")
+		e.Close()
+	}
+	// The lock itself is flock(2)'s, which conflicts between two opens of
+	// the file in one process as between two processes: a holder that
+	// Start does not know of is "another process".
+	l, err := dirlock.TryLock(filepath.Join(dir, LockFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := startAtOnce(t, dir)
+	wantInUse(t, e, err, dir, "another process")
+	l.Unlock()
 }
