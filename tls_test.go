@@ -2,15 +2,8 @@ package etcdstore
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -23,76 +16,16 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/etcdstore/etcdstore/internal/etcdtest"
+	"github.com/etcdstore/etcdstore/internal/tlstest"
 )
-
-// tlsCA is a certificate authority made for one test; its certificates
-// are valid for an hour.
-type tlsCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-	pem  []byte
-}
-
-func newTLSCA(t *testing.T, name string) *tlsCA {
-	t.Helper()
-	key := tlsKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          tlsSerial(t),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatalf("create CA certificate: %v", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &tlsCA{cert: cert, key: key, pool: pool, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns the PEM certificate and key of a leaf signed by ca, for
-// the given uses, valid for 127.0.0.1 and localhost.
-func (ca *tlsCA) issue(t *testing.T, name string, usage ...x509.ExtKeyUsage) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key := tlsKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: tlsSerial(t),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  usage,
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatalf("create certificate %s: %v", name, err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-}
 
 // clientConfig returns a TLS configuration that trusts ca and, when
 // client is not nil, presents a certificate client issued.
-func (ca *tlsCA) clientConfig(t *testing.T, client *tlsCA) *tls.Config {
+func clientConfig(t *testing.T, ca, client *tlstest.CA) *tls.Config {
 	t.Helper()
-	cfg := &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12}
+	cfg := &tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12}
 	if client != nil {
-		cert, key := client.issue(t, "app", x509.ExtKeyUsageClientAuth)
+		cert, key := client.Issue(t, "app", x509.ExtKeyUsageClientAuth)
 		pair, err := tls.X509KeyPair(cert, key)
 		if err != nil {
 			t.Fatal(err)
@@ -102,34 +35,16 @@ func (ca *tlsCA) clientConfig(t *testing.T, client *tlsCA) *tls.Config {
 	return cfg
 }
 
-func tlsKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatalf("generate key: %v", err)
-	}
-	return key
-}
-
-func tlsSerial(t *testing.T) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
 // startTLSEtcd starts an etcd that serves clients over https only and
 // requires a client certificate issued by ca. The certificates and key
 // files live in the test's temporary directory.
-func startTLSEtcd(t *testing.T, ca *tlsCA) *etcdtest.Server {
+func startTLSEtcd(t *testing.T, ca *tlstest.CA) *etcdtest.Server {
 	t.Helper()
 	dir := t.TempDir()
 	// etcd's gRPC gateway dials the server with the server's own
 	// certificate, so it is valid for both ends.
-	cert, key := ca.issue(t, "etcd", x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
-	files := map[string][]byte{"ca.pem": ca.pem, "server.pem": cert, "server-key.pem": key}
+	cert, key := ca.Issue(t, "etcd", x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth)
+	files := map[string][]byte{"ca.pem": ca.PEM, "server.pem": cert, "server-key.pem": key}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
 			t.Fatal(err)
@@ -154,13 +69,13 @@ func startTLSEtcd(t *testing.T, ca *tlsCA) *etcdtest.Server {
 // every method within their context's deadline, and write nothing.
 func TestTLS(t *testing.T) {
 	t.Parallel()
-	ca := newTLSCA(t, "etcdstore test CA")
+	ca := tlstest.NewCA(t, "etcdstore test CA")
 	srv := startTLSEtcd(t, ca)
 	if eps := srv.Endpoints(); len(eps) != 1 || !strings.HasPrefix(eps[0], "https://127.0.0.1:") {
 		t.Fatalf("endpoints %q, want one https loopback URL", eps)
 	}
 	const prefix = "t/tls/app:"
-	good := etcdtest.NewClient(t, clientv3.Config{Endpoints: srv.Endpoints(), TLS: ca.clientConfig(t, ca)})
+	good := etcdtest.NewClient(t, clientv3.Config{Endpoints: srv.Endpoints(), TLS: clientConfig(t, ca, ca)})
 	s := NewWithPrefix(good, prefix)
 	ctx := etcdtest.Context(t, 30*time.Second)
 	expiry := time.Now().Add(time.Hour)
@@ -179,15 +94,15 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("All over TLS = %q, %v; want b alone", all, err)
 	}
 
-	other := newTLSCA(t, "another CA")
+	other := tlstest.NewCA(t, "another CA")
 	bad := []struct {
 		name     string
 		endpoint string
 		tls      *tls.Config
 	}{
-		{"no client certificate", srv.Endpoints()[0], ca.clientConfig(t, nil)},
-		{"client certificate of another CA", srv.Endpoints()[0], ca.clientConfig(t, other)},
-		{"server not trusted", srv.Endpoints()[0], other.clientConfig(t, ca)},
+		{"no client certificate", srv.Endpoints()[0], clientConfig(t, ca, nil)},
+		{"client certificate of another CA", srv.Endpoints()[0], clientConfig(t, ca, other)},
+		{"server not trusted", srv.Endpoints()[0], clientConfig(t, other, ca)},
 		{"no TLS", "http://" + strings.TrimPrefix(srv.Endpoints()[0], "https://"), nil},
 	}
 	// Each client's four calls run at once, all clients together, so the
