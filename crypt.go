@@ -29,10 +29,11 @@ import (
 //
 // Keys rotate as Kubernetes' EncryptionConfiguration does: the first key
 // seals, every key opens, each sealed value naming its key by an ID
-// derived from the key itself. An operator adds a new key first in the
-// list on every app server, and drops the old one once the sessions
-// sealed under it have expired (IdleTimeout or Lifetime after the last
-// app server switched).
+// derived from the key itself; a nil first key, as Kubernetes' identity
+// provider first, writes in the clear. A rollout has two steps, so that
+// no app server meets a value it cannot open: every server gets the new
+// key second, then first; the old key goes once the sessions sealed
+// under it have expired.
 
 // EncryptionKeySize is the size of a WithEncryption key, in bytes.
 const EncryptionKeySize = chacha20poly1305.KeySize
@@ -46,7 +47,11 @@ var errUnopenable = errors.New("sealed session does not open")
 // and derives the principal index's keyed hash from them. It is safe for
 // concurrent use by multiple goroutines.
 type sealer struct {
-	keys []sealKey // the first seals
+	keys []sealKey // the first seals, unless clear
+	// clear is set when the first key given was nil: new values are
+	// written in the clear, as Kubernetes' identity provider first in its
+	// list does, while the keys open what they sealed.
+	clear bool
 }
 
 // sealKey is one key of a sealer: its ID, its AEAD, and the key of the
@@ -67,6 +72,10 @@ func newSealer(keys [][]byte) *sealer {
 	s := &sealer{}
 	seen := make(map[uint32]int)
 	for i, k := range keys {
+		if k == nil && i == 0 && len(keys) > 1 {
+			s.clear = true
+			continue
+		}
 		if len(k) != EncryptionKeySize {
 			panic(fmt.Sprintf("etcdstore: WithEncryption key %d is %d bytes, want %d (for example 32 bytes from crypto/rand, or `openssl rand 32`)", i, len(k), EncryptionKeySize))
 		}
@@ -76,7 +85,7 @@ func newSealer(keys [][]byte) *sealer {
 		}
 		id := keyID(k)
 		if j, dup := seen[id]; dup {
-			panic(fmt.Sprintf("etcdstore: WithEncryption keys %d and %d are the same key", j, i))
+			panic(fmt.Sprintf("etcdstore: WithEncryption keys %d and %d have the same key ID: they are the same key (or, one time in 4 billion, two keys whose IDs collide: make another)", j, i))
 		}
 		seen[id] = i
 		s.keys = append(s.keys, sealKey{id: id, aead: aead, index: derive(k, "etcdstore principal index")})
@@ -110,8 +119,14 @@ func (s *sealer) byID(id uint32) (*sealKey, bool) {
 	return nil, false
 }
 
-// sealedID is the ID of the key that seals.
-func (s *sealer) sealedID() uint32 { return s.keys[0].id }
+// sealedID is the ID of the key that seals, or 0 when new values are
+// written in the clear.
+func (s *sealer) sealedID() uint32 {
+	if s.clear {
+		return 0
+	}
+	return s.keys[0].id
+}
 
 // seal returns the sealed envelope of data that expires at expiry, for
 // the session at key.
@@ -128,10 +143,10 @@ func (s *sealer) seal(expiry time.Time, key string, data []byte) string {
 }
 
 // open returns the data of the sealed envelope value of the session at
-// key, appended to dst, or an error wrapping errUnopenable or errCorrupt.
+// key, appended to dst, or an error wrapping errUnopenable.
 func (s *sealer) open(dst, value []byte, key string) ([]byte, error) {
 	if len(value) < sealedHeaderSize+chacha20poly1305.NonceSizeX {
-		return nil, fmt.Errorf("%w: %d bytes, shorter than a sealed envelope's header and nonce", errCorrupt, len(value))
+		return nil, fmt.Errorf("%w: %d bytes, shorter than a sealed envelope's header and nonce", errUnopenable, len(value))
 	}
 	id := binary.BigEndian.Uint32(value[envelopeHeader:])
 	k, ok := s.byID(id)
@@ -149,8 +164,9 @@ func (s *sealer) open(dst, value []byte, key string) ([]byte, error) {
 // plain returns the stored value of the session at key as an envelope of
 // its data in the clear: value itself, unless it is sealed, when it is
 // opened into a version-1 envelope of the same expiry. Its errors wrap
-// errUnopenable (a key it lacks, a value that fails to authenticate, or
-// no WithEncryption) or errCorrupt, and count in Stats.DecryptFailures.
+// errUnopenable (a key it lacks, a value too short or that fails to
+// authenticate, or no WithEncryption), and count in
+// Stats.DecryptFailures.
 func (s *EtcdStore) plain(key string, value []byte) ([]byte, error) {
 	if !isSealed(value) {
 		return value, nil
@@ -159,7 +175,7 @@ func (s *EtcdStore) plain(key string, value []byte) ([]byte, error) {
 	var err error
 	switch {
 	case len(value) < sealedHeaderSize+chacha20poly1305.NonceSizeX+chacha20poly1305.Overhead:
-		err = fmt.Errorf("%w: a sealed envelope of %d bytes, shorter than its header, nonce and tag", errCorrupt, len(value))
+		err = fmt.Errorf("%w: a sealed envelope of %d bytes, shorter than its header, nonce and tag", errUnopenable, len(value))
 	case s.sealer == nil:
 		err = fmt.Errorf("%w: the store was made without WithEncryption", errUnopenable)
 	default:
@@ -178,7 +194,7 @@ func (s *EtcdStore) plain(key string, value []byte) ([]byte, error) {
 // seal returns the envelope to store for data that expires at expiry at
 // key: sealed with WithEncryption, else in the clear.
 func (s *EtcdStore) seal(expiry time.Time, key string, data []byte) string {
-	if s.sealer == nil {
+	if s.sealer == nil || s.sealer.clear {
 		return encodeEnvelope(expiry, data)
 	}
 	return s.sealer.seal(expiry, key, data)

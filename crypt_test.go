@@ -58,8 +58,8 @@ func TestSealOpen(t *testing.T) {
 	if _, err := dropped.open(nil, v, "p:tok"); !errors.Is(err, errUnopenable) || !strings.Contains(err.Error(), "not given") {
 		t.Errorf("open without its key = %v, want errUnopenable naming the key", err)
 	}
-	if _, err := old.open(nil, v[:30], "p:tok"); !errors.Is(err, errCorrupt) {
-		t.Errorf("open of a truncated value = %v, want errCorrupt", err)
+	if _, err := old.open(nil, v[:30], "p:tok"); !errors.Is(err, errUnopenable) {
+		t.Errorf("open of a truncated value = %v, want errUnopenable", err)
 	}
 	// Two seals of the same data differ (random nonces).
 	if w := old.seal(expiry, "p:tok", data); w == string(v) {
@@ -250,4 +250,43 @@ func FuzzOpen(f *testing.F) {
 			t.Fatalf("%q opened to %q", value, out)
 		}
 	})
+}
+
+// TestEncryptionRollout: a key rolled out in two steps never leaves an
+// app server with a session it cannot open. Turning encryption on: with
+// WithEncryption(nil, k1), a server writes in the clear and opens what k1
+// sealed; rotating: with (k1, k2), a server opens what (k2, k1) sealed.
+func TestEncryptionRollout(t *testing.T) {
+	t.Parallel()
+	k1, k2 := newKey(t), newKey(t)
+	_, c := newStore(t)
+	prefix := testPrefix(t)
+	expiry := time.Now().Add(time.Hour)
+	for _, step := range []struct {
+		name          string
+		before, after [][]byte // the keys of a server not yet switched, of one switched
+	}{
+		{"on", [][]byte{nil, k1}, [][]byte{k1}},
+		{"rotate", [][]byte{k1, k2}, [][]byte{k2, k1}},
+	} {
+		before := NewWithPrefix(c, prefix+step.name+":", WithEncryption(step.before...))
+		after := NewWithPrefix(c, prefix+step.name+":", WithEncryption(step.after...))
+		if err := before.Commit("a", []byte("from before"), expiry); err != nil {
+			t.Fatal(err)
+		}
+		if err := after.Commit("b", []byte("from after"), expiry); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []*EtcdStore{before, after} {
+			for tok, want := range map[string]string{"a": "from before", "b": "from after"} {
+				if got, found, err := s.Find(tok); err != nil || !found || string(got) != want {
+					t.Errorf("%s: Find(%s) = %q, %v, %v", step.name, tok, got, found, err)
+				}
+			}
+		}
+		resp, err := c.Get(ctxFor(t), prefix+step.name+":a")
+		if err != nil || len(resp.Kvs) != 1 || isSealed(resp.Kvs[0].Value) != (step.before[0] != nil) {
+			t.Errorf("%s: the server not yet switched wrote %q, %v", step.name, resp.Kvs, err)
+		}
+	}
 }

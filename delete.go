@@ -40,7 +40,9 @@ func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
 	key := s.keys.key(token)
 	var entry string
 	if seen, ok := s.tokens.last(token); ok && seen.stored && seen.principalKnown && seen.principal != "" && s.index != nil {
-		entry, _ = s.index.entry(seen.sealedBy, seen.principal, token)
+		if e, ok := s.index.entry(seen.sealedBy, seen.principal, token); ok {
+			entry = e // else under a key dropped since: it goes with its lease
+		}
 	}
 	rev, err := retryValue(s.calls, s.calls.newCall(ctx), func(ctx context.Context) (int64, error) {
 		return s.bury(ctx, key, entry)

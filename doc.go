@@ -165,12 +165,15 @@
 // HMAC-SHA-256 of it that only a key holder can compute. A session that
 // does not open is absent and counted (Stats.DecryptFailures).
 //
-// To rotate a key: put the new key first in WithEncryption on every app
-// server, keeping the old one second; once every app server runs so, new
-// commits are sealed under the new key; drop the old key when the last
-// session sealed under it has expired (the session manager's Lifetime, or
-// IdleTimeout with touches, after the switch). A session whose key was
-// dropped reads as absent: its user logs in again.
+// To roll a key out, in two steps so that no app server meets a session
+// it cannot open: give every app server the new key second
+// (WithEncryption(nil, key) to turn encryption on: a nil first key writes
+// in the clear), then first; drop the old key once the last session
+// sealed under it has expired (the session manager's Lifetime after the
+// second step). A session whose key was dropped reads as absent: its user
+// logs in again. Encryption keeps data from readers of etcd, not from its
+// writers: values in the clear are still read, and an older sealed value
+// of a session opens.
 //
 // # Space
 //

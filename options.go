@@ -173,8 +173,15 @@ func WithPrincipal(key string) Option {
 // sealed, on Find, All, the read cache and the principal lookups (see
 // Encryption at rest in the package documentation). Each key is
 // EncryptionKeySize (32) random bytes; its ID, stored with each value it
-// seals, is derived from it. To rotate, put a new key first on every app
-// server, and drop the old one once the sessions it sealed have expired.
+// seals, is derived from it. A nil first key writes in the clear while the
+// others open what they sealed.
+//
+// Roll a key out in two steps, so that no app server meets a session it
+// cannot open: give every app server the new key second (to turn
+// encryption on: WithEncryption(nil, key)); once all run so, give them
+// the new key first (WithEncryption(key) or WithEncryption(key, old)); drop
+// the old key once the sessions sealed under it have expired (the session
+// manager's Lifetime after the second step).
 //
 // A session sealed under a key the store was not given, or whose value
 // fails to authenticate (altered, or copied from another session's key),
@@ -185,9 +192,13 @@ func WithPrincipal(key string) Option {
 // index entries hash principals with HMAC-SHA-256 under a key derived from
 // the sealing key, not SHA-256.
 //
+// Encryption keeps session data from whoever reads etcd or a copy of it.
+// It does not stop whoever may write to the prefix: values in the clear
+// are still read, and an older sealed value of the same session opens.
+//
 // It panics, as the constructors do on bad configuration, if it is given
-// no key, a key of another size, or one key twice. The store keeps its
-// own copy of keys.
+// no key, a key of another size (nil but first), or one key twice. The
+// store keeps its own copy of keys.
 func WithEncryption(keys ...[]byte) Option {
 	own := make([][]byte, len(keys))
 	for i, k := range keys {

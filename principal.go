@@ -164,8 +164,9 @@ func (x *principalIndex) ops(token string, base tokenState, known bool, p string
 type indexEntry struct {
 	key     string
 	token   string
-	rev     int64 // its ModRevision
-	created int64 // its CreateRevision
+	rev     int64  // its ModRevision
+	created int64  // its CreateRevision
+	id      uint32 // the key whose index hash it is under (0: in the clear)
 }
 
 // FindByPrincipal returns the live sessions of principal, token to data,
@@ -240,17 +241,24 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 		keep[t] = true
 	}
 	c := s.calls.newCall(ctx)
-	for range deletePasses {
+	for pass := range deletePasses {
 		entries, kvs, err := s.principalSessions(c, principal)
 		if err != nil {
 			return deleted, fmt.Errorf("etcdstore: delete by principal: %w", err)
 		}
+		// An entry guards its session's delete only if it is the one the
+		// session's commits keep: under the hash of the key that sealed it.
+		// Another (left by a commit that did not know the entry) is stale.
 		live := make(map[string]bool, len(entries))
 		for _, e := range entries {
-			_, live[e.token], _ = s.ofPrincipal(kvs[e.token], principal)
+			kv := kvs[e.token]
+			_, ok, _ := s.ofPrincipal(kv, principal)
+			live[e.key] = ok && sealedBy(kv.Value) == e.id
 		}
-		if err := rawExcept(entries, keep); err != nil {
-			return deleted, err
+		if pass == 0 {
+			if err := rawExcept(entries, keep); err != nil {
+				return 0, err
+			}
 		}
 		clean := true
 		for _, b := range planDeletes(entries, live, keep, s.keys.key) {
@@ -323,7 +331,7 @@ func planDeletes(entries []indexEntry, live, keep map[string]bool, key func(toke
 		// A token with entries under two keys' hashes (WithEncryption, an
 		// entry its key's rotation left) is buried once; its other
 		// entries are stale.
-		if live[e.token] && !buried[e.token] {
+		if live[e.key] && !buried[e.token] {
 			buried[e.token] = true
 			b.cmps = append(b.cmps,
 				clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.created),
@@ -352,7 +360,8 @@ func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, m
 	// sessions: those in the clear, and those of each encryption key.
 	var froms []string
 	var ranges []clientv3.Op
-	for _, id := range s.index.sealer.indexIDs() {
+	ids := s.index.sealer.indexIDs()
+	for _, id := range ids {
 		from, _ := s.index.entries(id, principal)
 		froms = append(froms, from)
 		ranges = append(ranges, clientv3.OpGet(from, clientv3.WithPrefix(), clientv3.WithKeysOnly()))
@@ -368,7 +377,7 @@ func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, m
 		for _, kv := range r.GetResponseRange().GetKvs() {
 			token := strings.TrimPrefix(string(kv.Key), froms[i])
 			if validToken(token) {
-				entries = append(entries, indexEntry{key: string(kv.Key), token: token, rev: kv.ModRevision, created: kv.CreateRevision})
+				entries = append(entries, indexEntry{key: string(kv.Key), token: token, rev: kv.ModRevision, created: kv.CreateRevision, id: ids[i]})
 			}
 		}
 	}

@@ -360,6 +360,31 @@ func TestPrincipalDecodedOncePerChange(t *testing.T) {
 	}
 }
 
+// TestPlanDeletesTwoEntries: a token with two entries, one under the
+// hash of the key that sealed its session and one stale (left under
+// another key's), is buried once, guarded by the first, and the stale
+// entry goes under its own compare: no key is written twice in the Txn.
+// It does no I/O.
+func TestPlanDeletesTwoEntries(t *testing.T) {
+	entries := []indexEntry{
+		{key: "i/clear/t", token: "t", rev: 5, created: 4},
+		{key: "i/k1/t", token: "t", rev: 9, created: 8, id: 1},
+	}
+	live := map[string]bool{"i/k1/t": true}
+	batches := planDeletes(entries, live, nil, func(token string) string { return "s/" + token })
+	if len(batches) != 1 || len(batches[0].tokens) != 1 || len(batches[0].ops) != 3 || len(batches[0].cmps) != 3 {
+		t.Fatalf("batches %+v: want one Txn burying t once, deleting both entries", batches)
+	}
+	found := false
+	for _, c := range batches[0].cmps {
+		pc := c.GetCompare()
+		found = found || (string(pc.Key) == "i/k1/t" && pc.GetCreateRevision() == 8)
+	}
+	if !found {
+		t.Errorf("compares %v: the bury is not guarded by the live entry", batches[0].cmps)
+	}
+}
+
 // TestPlanDeletes: DeleteByPrincipal's Txns, by table: a live session goes
 // with its entry under two compares, a stale entry alone under one, kept
 // tokens not at all, and no Txn holds more than etcd's default
@@ -392,10 +417,10 @@ func TestPlanDeletes(t *testing.T) {
 				entries = append(entries, entry(tok, int64(10+i)))
 				switch {
 				case i < tc.live:
-					live[tok] = true
+					live["i/"+tok] = true
 				case i < tc.live+tc.stale:
 				default:
-					live[tok], keep[tok] = true, true
+					live["i/"+tok], keep[tok] = true, true
 				}
 			}
 			batches := planDeletes(entries, live, keep, key)
@@ -406,7 +431,7 @@ func TestPlanDeletes(t *testing.T) {
 				}
 				tokens, ops, cmps = tokens+len(b.tokens), ops+len(b.ops), cmps+len(b.cmps)
 				for _, tok := range b.tokens {
-					if keep[tok] || !live[tok] {
+					if keep[tok] || !live["i/"+tok] {
 						t.Errorf("Txn %d deletes %q", i, tok)
 					}
 				}
