@@ -380,7 +380,7 @@ func (s *EtcdStore) wrote(w *pendingCommit, rev int64) tokenState {
 	}
 	if s.index != nil {
 		seen.principal, seen.principalKnown, seen.digests = w.principal, true, w.digests
-		seen.sealedBy = sealedBy([]byte(w.value[:min(len(w.value), sealedHeaderSize)]))
+		seen.sealedBy = s.index.sealing()
 	}
 	return seen
 }

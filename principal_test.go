@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/alexedwards/scs/v2"
+	"github.com/etcdstore/etcdstore/internal/etcdtest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -41,15 +42,7 @@ func entryOf(s *EtcdStore, principal, token string) string {
 // etcd holds them.
 func indexKeys(t *testing.T, c *clientv3.Client, s *EtcdStore) []string {
 	t.Helper()
-	resp, err := c.Get(ctxFor(t), s.index.prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []string
-	for _, kv := range resp.Kvs {
-		keys = append(keys, string(kv.Key))
-	}
-	return keys
+	return etcdtest.Keys(t, c, s.index.prefix)
 }
 
 // TestPrincipalIndexPrefix: index ranges lie outside every session range

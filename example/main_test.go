@@ -372,15 +372,7 @@ func TestSecuredCluster(t *testing.T) {
 // sessionKeys returns the keys under the default prefix.
 func sessionKeys(t *testing.T, c *clientv3.Client) []string {
 	t.Helper()
-	resp, err := c.Get(etcdtest.Context(t, 30*time.Second), etcdstore.DefaultPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []string
-	for _, kv := range resp.Kvs {
-		keys = append(keys, string(kv.Key))
-	}
-	return keys
+	return etcdtest.Keys(t, c, etcdstore.DefaultPrefix)
 }
 
 // TestSecuredClusterRefusals: wrong or missing credentials, files or

@@ -3,15 +3,14 @@
 package dirlock
 
 import (
-	"bufio"
-	"context"
 	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/etcdstore/etcdstore/internal/childtest"
 )
 
 // holderEnv names the lock file that the test binary, run as
@@ -38,35 +37,7 @@ func TestHolder(t *testing.T) {
 // fail at once, and is free again once that process lets go.
 func TestTryLockOtherProcess(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "lock")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHolder$")
-	cmd.Env = append(os.Environ(), holderEnv+"="+path)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := false
-	stopHolder := func() error {
-		stdin.Close()
-		io.Copy(io.Discard, stdout)
-		if waited {
-			return nil
-		}
-		waited = true
-		return cmd.Wait()
-	}
-	defer stopHolder()
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "locked\n" {
-		t.Fatalf("the other process said %q, %v; want locked", line, err)
-	}
+	child := childtest.Start(t, "TestHolder", holderEnv+"="+path, "locked", 30*time.Second)
 	start := time.Now()
 	if l, err := TryLock(path); !errors.Is(err, ErrLocked) {
 		if l != nil {
@@ -77,7 +48,7 @@ func TestTryLockOtherProcess(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("the refused TryLock took %v", took)
 	}
-	if err := stopHolder(); err != nil {
+	if err := child.Stop(); err != nil {
 		t.Fatalf("the other process: %v", err)
 	}
 	l, err := TryLock(path)

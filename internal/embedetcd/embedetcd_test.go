@@ -1,13 +1,10 @@
 package embedetcd
 
 import (
-	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -15,6 +12,7 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/goleak"
 
+	"github.com/etcdstore/etcdstore/internal/childtest"
 	"github.com/etcdstore/etcdstore/internal/dirlock"
 )
 
@@ -102,35 +100,7 @@ func wantInUse(t *testing.T, e *embed.Etcd, err error, dir, by string) {
 func TestDirInUseByAnotherProcess(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMember$")
-	cmd.Env = append(os.Environ(), memberEnv+"="+dir)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := false
-	stopChild := func() error {
-		stdin.Close()
-		io.Copy(io.Discard, stdout)
-		if waited {
-			return nil
-		}
-		waited = true
-		return cmd.Wait()
-	}
-	defer stopChild()
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "ready\n" {
-		t.Fatalf("the other process said %q, %v; want ready", line, err)
-	}
+	child := childtest.Start(t, "TestMember", memberEnv+"="+dir, "ready", 60*time.Second)
 
 	start := time.Now()
 	e, err := startAtOnce(t, dir)
@@ -139,7 +109,7 @@ func TestDirInUseByAnotherProcess(t *testing.T) {
 		t.Errorf("the refused Start took %v", took)
 	}
 
-	if err := stopChild(); err != nil {
+	if err := child.Stop(); err != nil {
 		t.Fatalf("the other process: %v", err)
 	}
 	e, err = startAtOnce(t, dir)

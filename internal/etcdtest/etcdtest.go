@@ -279,3 +279,17 @@ func (s *Server) AppliedIndex() uint64 {
 	s.needOwn("AppliedIndex")
 	return s.Etcd.Server.AppliedIndex()
 }
+
+// Keys returns the keys under prefix that c reads, in order.
+func Keys(tb testing.TB, c *clientv3.Client, prefix string) []string {
+	tb.Helper()
+	resp, err := c.Get(Context(tb, 30*time.Second), prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	keys := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		keys = append(keys, string(kv.Key))
+	}
+	return keys
+}
