@@ -137,7 +137,15 @@ func TestDirInUseInProcess(t *testing.T) {
 	// The lock itself is flock(2)'s, which conflicts between two opens of
 	// the file in one process as between two processes: a holder that
 	// Start does not know of is "another process".
-	l, err := dirlock.TryLock(filepath.Join(dir, LockFile))
+	// The last member's lock goes once its stop is noticed, just after
+	// Close returns; wait for that, for at most 10 s.
+	var l *dirlock.Lock
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if l, err = dirlock.TryLock(filepath.Join(dir, LockFile)); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
