@@ -84,7 +84,12 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 	if err := clientErr(s.client); err != nil {
 		return fmt.Errorf("etcdstore: commit: %w", err)
 	}
+	return s.commitToken(ctx, token, b, now, expiry)
+}
 
+// commitToken commits the data b of session token, to expire at expiry,
+// as CommitCtx, whose checks it passed, at now.
+func (s *EtcdStore) commitToken(ctx context.Context, token string, b []byte, now, expiry time.Time) error {
 	seen, known := s.tokens.last(token)
 	switch planCommit(seen, known, now, expiry, s.touch) {
 	case commitRefuse:
