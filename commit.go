@@ -21,20 +21,24 @@ import (
 // Txn conditional on the state it was made against, as Kubernetes makes
 // every update of its objects (GuaranteedUpdate): the key's mod revision
 // when the store last saw it (the request's own Find, in SCS), or 0, its
-// absence, for a token the store does not remember. An attempt that
-// arrives after anything else wrote the key finds the revision moved and
-// writes nothing.
+// absence, for a token the store does not remember or saw ended. An
+// attempt that arrives after anything else wrote the key finds the
+// revision moved and writes nothing.
 //
-// A delete leaves a tombstone (envelope.go) on the session's own lease,
-// not an absence that a late first write of the session could fill again:
-// no commit writes over a tombstone, whatever the store remembers. It goes
-// with the lease, no earlier than the session's own expiry.
+// Every end of a session leaves a tombstone (envelope.go, delete.go), not
+// an absence that a late first write of the session could fill again: no
+// commit writes over a tombstone, whatever the store remembers. It goes
+// with its lease, the request bound (WithMaxRequestDuration) after the
+// end.
 //
 // When the compare fails, the Txn's Else branch returns what the key holds
-// now, in the same round trip, and the commit decides (afterConflict):
-//   - a tombstone, or nothing: the session was deleted since; the commit
-//     writes nothing and returns nil, so a request in flight cannot undo a
-//     logout;
+// now, in the same round trip, and the commit decides (afterConflict), from
+// what etcd holds alone, so that every app server decides alike:
+//   - a tombstone: the session was ended since; the commit writes nothing
+//     and returns nil, so a request in flight cannot undo a logout;
+//   - nothing: etcd removed the key with its lease, after the session's
+//     expiry; the commit is made again on the key's absence, as a new
+//     session's, since an expiry ends a session for readers only;
 //   - this commit's own value: an earlier attempt landed after all;
 //   - another value, after an attempt of this commit failed in a way that
 //     leaves its fate unknown: the key's history since the commit's base
@@ -49,9 +53,13 @@ import (
 // replacing any earlier data and expiry. An expiry at or before now
 // deletes the session instead.
 //
-// A session deleted since, by any store, is not written again: CommitCtx
+// A session ended since (a logout, DeleteByPrincipal, a commit whose
+// expiry had passed), by any store, is not written again: CommitCtx
 // writes nothing and returns nil, so a request in flight cannot undo a
-// logout; the user's next request starts a new session. With
+// logout; the user's next request starts a new session. This holds for
+// requests that commit within the request bound of their Find
+// (WithMaxRequestDuration), on every app server alike. A session whose
+// key etcd removed after its expiry is written again. With
 // WithTouchInterval, a commit that changes nothing but pushes the expiry
 // back by less than the interval writes nothing either.
 //
@@ -91,21 +99,15 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 // as CommitCtx, whose checks it passed, at now.
 func (s *EtcdStore) commitToken(ctx context.Context, token string, b []byte, now, expiry time.Time) error {
 	seen, known := s.tokens.last(token)
-	switch planCommit(seen, known, now, expiry, s.touch) {
-	case commitRefuse:
-		s.stats.refused.Add(1)
+	if planCommit(seen, known, now, expiry, s.touch) == commitTouch && s.unchanged(token, seen, b) {
+		s.stats.touchesSkipped.Add(1)
 		return nil
-	case commitTouch:
-		if s.unchanged(token, seen, b) {
-			s.stats.touchesSkipped.Add(1)
-			return nil
-		}
 	}
 	key := s.keys.key(token)
 	w := &pendingCommit{token: token, key: key, value: s.seal(expiry, key, b), data: b,
 		now: now, expiry: expiry, base: seen, baseKnown: known, rev: seen.rev}
-	if !known {
-		w.rev = 0
+	if !known || !seen.stored {
+		w.rev = 0 // on the key's absence: a tombstone there refuses it
 	}
 	if s.index != nil {
 		w.principal, w.hasPrincipal, w.digests = s.index.of(seen, known, b)
@@ -117,23 +119,21 @@ func (s *EtcdStore) commitToken(ctx context.Context, token string, b []byte, now
 type commitPlan int
 
 const (
-	commitWrite  commitPlan = iota // write, conditional on what the store saw
-	commitRefuse                   // write nothing: the store saw the session deleted
-	commitTouch                    // write nothing if the data is unchanged (WithTouchInterval)
+	commitWrite commitPlan = iota // write, conditional on what the store saw
+	commitTouch                   // write nothing if the data is unchanged (WithTouchInterval)
 )
 
 // planCommit decides what a commit of a session to expire at expiry does,
 // at now, from what the store last saw of its token (seen, if known) and
-// the touch interval d (0: none). It does no I/O.
+// the touch interval d (0: none). It does no I/O. A token seen ended is
+// written like one the store forgot, on the key's absence: whether the
+// session may be written again is etcd's to say (its tombstone), not the
+// memory's, so every app server does the same.
 func planCommit(seen tokenState, known bool, now, expiry time.Time, d time.Duration) commitPlan {
-	switch {
-	case known && !seen.stored:
-		return commitRefuse
-	case known && seen.hasData && touchable(now, seen.expiry, expiry, d):
+	if known && seen.hasData && touchable(now, seen.expiry, expiry, d) {
 		return commitTouch
-	default:
-		return commitWrite
 	}
+	return commitWrite
 }
 
 // pendingCommit is a commit on its way to etcd.
@@ -198,6 +198,14 @@ func (s *EtcdStore) commit(c call, w *pendingCommit) error {
 		case conflictLanded:
 			s.tokens.record(w.token, s.wrote(w, cur.ModRevision))
 			return nil
+		case conflictAbsent:
+			// etcd removed the key with its lease, after the session's
+			// expiry: it is written again, as a new one would be, on the
+			// key's absence.
+			s.stats.conflicts.Add(1)
+			w.base, w.baseKnown, w.rev = tokenState{rev: r.rev}, true, 0
+			w.uncertain = false
+			continue
 		case conflictMaybeLanded:
 			landed, err := s.landedEarlier(c, w, cur)
 			if err != nil {
@@ -254,7 +262,7 @@ func (s *EtcdStore) tryCommit(c call, w *pendingCommit) (commitResult, error) {
 // refused it whole.
 func (s *EtcdStore) writeOnce(ctx context.Context, w *pendingCommit) (commitResult, error) {
 	for attempt := 0; ; attempt++ {
-		id, err := s.leases.acquire(ctx, w.now, w.expiry)
+		id, err := s.leases.acquire(ctx, w.now, s.keyExpiry(w.expiry))
 		if err != nil {
 			return commitResult{}, err
 		}
@@ -277,7 +285,7 @@ func (s *EtcdStore) writeOnce(ctx context.Context, w *pendingCommit) (commitResu
 // commits (batch.go) and returns its answer, or the error of the batch.
 func (s *EtcdStore) commitInBatch(c call, w *pendingCommit) (commitResult, error) {
 	ctx, cancel := attemptContext(c)
-	id, err := s.leases.acquire(ctx, w.now, w.expiry)
+	id, err := s.leases.acquire(ctx, w.now, s.keyExpiry(w.expiry))
 	cancel()
 	if err != nil {
 		return commitResult{}, err
@@ -307,7 +315,8 @@ func (s *EtcdStore) commitTxn(w *pendingCommit, id clientv3.LeaseID) clientv3.Op
 type conflict int
 
 const (
-	conflictDeleted     conflict = iota // write nothing: the session was deleted
+	conflictDeleted     conflict = iota // write nothing: the session was ended
+	conflictAbsent                      // write again on the key's absence
 	conflictLanded                      // done: an earlier attempt wrote the value
 	conflictMaybeLanded                 // read the key's history (landedEarlier)
 	conflictOverwrite                   // write again on the key's new revision
@@ -318,7 +327,9 @@ const (
 // attempt's fate is unknown. It does no I/O.
 func afterConflict(cur *mvccpb.KeyValue, value string, uncertain bool) conflict {
 	switch {
-	case cur == nil || isTombstone(cur.Value):
+	case cur == nil:
+		return conflictAbsent
+	case isTombstone(cur.Value):
 		return conflictDeleted
 	case string(cur.Value) == value:
 		return conflictLanded
@@ -372,6 +383,18 @@ func (s *EtcdStore) landedEarlier(c call, w *pendingCommit, cur *mvccpb.KeyValue
 		rev = resp.Kvs[0].ModRevision
 	}
 	return false, nil
+}
+
+// keyExpiry is how long the key of a session that expires at expiry must
+// last: until then, or, with WithPrincipal, the request bound
+// (WithMaxRequestDuration) later, so that DeleteByPrincipal still finds a
+// session whose expiry passed while a request that loaded it was in
+// flight, and ends it before that request commits it again.
+func (s *EtcdStore) keyExpiry(expiry time.Time) time.Time {
+	if s.index == nil || expiry.After(latestExpiry.Add(-s.request)) {
+		return expiry
+	}
+	return expiry.Add(s.request)
 }
 
 // wrote is the state of w's session as written at revision rev.

@@ -28,8 +28,8 @@ func TestPlanCommit(t *testing.T) {
 		want  commitPlan
 	}{
 		{"unknown token", tokenState{}, false, 10 * time.Minute, commitWrite},
-		{"seen deleted", tokenState{rev: 9}, true, 0, commitRefuse},
-		{"seen deleted, touch on", tokenState{rev: 9}, true, 10 * time.Minute, commitRefuse},
+		{"seen ended: etcd says", tokenState{rev: 9}, true, 0, commitWrite},
+		{"seen ended, touch on", tokenState{rev: 9}, true, 10 * time.Minute, commitWrite},
 		{"seen stored, no touch interval", stored, true, 0, commitWrite},
 		{"seen stored, expiry moves less than the interval", stored, true, 10 * time.Minute, commitTouch},
 		{"seen stored, expiry moves more than the interval", stored, true, 30 * time.Second, commitWrite},
@@ -51,8 +51,8 @@ func TestAfterConflict(t *testing.T) {
 		uncertain bool
 		want      conflict
 	}{
-		{"key gone", nil, false, conflictDeleted},
-		{"key gone, after an attempt of unknown fate", nil, true, conflictDeleted},
+		{"key gone", nil, false, conflictAbsent},
+		{"key gone, after an attempt of unknown fate", nil, true, conflictAbsent},
 		{"tombstone", &mvccpb.KeyValue{Value: []byte(tombstone), ModRevision: 11}, true, conflictDeleted},
 		{"our own value", &mvccpb.KeyValue{Value: []byte(ours), ModRevision: 11}, true, conflictLanded},
 		{"another commit's value", theirs, false, conflictOverwrite},

@@ -9,14 +9,15 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// DeleteCtx removes the session token: it leaves a tombstone at its key,
-// on the session's lease, which no commit writes over, so neither a
-// request in flight that loaded the session before, on any store, nor a
-// late attempt of an earlier commit brings it back (see Conditional
-// writes in the package documentation). Removing a session that does not
-// exist, or a token no session can have (longer than MaxTokenLen, for
-// which no request is made), returns nil. Errors are those of the etcd
-// request, and ErrClientClosed.
+// DeleteCtx ends the session token: it leaves a tombstone at its key,
+// which no commit writes over, for the store's request bound
+// (WithMaxRequestDuration, 5 minutes by default), so neither a request in
+// flight that loaded the session before, on any store, whatever that
+// store remembers, nor a late attempt of an earlier commit brings it back
+// (see Ending a session in the package documentation). It does so whether
+// the key holds a live session, an expired one, or nothing. A token no
+// session can have (longer than MaxTokenLen) makes no request and returns
+// nil. Errors are those of the etcd requests, and ErrClientClosed.
 func (s *EtcdStore) DeleteCtx(ctx context.Context, token string) (err error) {
 	defer s.stats.begin(&s.stats.deletes, &s.stats.latency.delete).end(&err)
 	if !validToken(token) {
@@ -25,14 +26,11 @@ func (s *EtcdStore) DeleteCtx(ctx context.Context, token string) (err error) {
 	return s.delete(ctx, token, "delete")
 }
 
-// delete deletes the session token for the method op: it puts a
-// tombstone at its key, on the lease the key has (WithIgnoreLease), in one
-// request, which fails with rpctypes.ErrKeyNotFound when there is no key:
-// nothing to delete. A key without a lease, which no session store writes,
-// keeps its tombstone as it would have kept its value. The index entry of
-// the session's principal goes with it, when the store knows the
-// principal. While etcd is out of space, which refuses every put, it
-// deletes the key instead.
+// delete ends the session token for the method op: it puts a tombstone at
+// its key, on a lease that lasts the request bound (tombstoneLease), and,
+// in the same request, deletes the index entry of the session's principal,
+// when the store knows the principal. While etcd is out of space, which
+// refuses every put, it deletes the key instead.
 func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
 	if err := clientErr(s.client); err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
@@ -55,34 +53,52 @@ func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
 }
 
 // bury puts the tombstone at key and deletes the index entry, if not "",
-// and returns the revision of the write (0: nothing was written).
+// in one request, and returns the revision of the write. A lease etcd no
+// longer knows is forgotten and the request made once more on a fresh one.
 func (s *EtcdStore) bury(ctx context.Context, key, entry string) (int64, error) {
-	ops := []clientv3.Op{clientv3.OpPut(key, tombstone, clientv3.WithIgnoreLease())}
-	if entry != "" {
-		ops = append(ops, clientv3.OpDelete(entry))
-	}
-	rev, err := s.apply(ctx, ops)
-	switch {
-	case errors.Is(err, rpctypes.ErrKeyNotFound):
-		// No key, so no session to bury; its entry goes all the same.
-		ops = ops[1:]
-	case errors.Is(err, rpctypes.ErrNoSpace):
-		// etcd out of space refuses the tombstone's put, but not a
-		// delete, which frees space; no commit lands meanwhile.
-		ops[0] = clientv3.OpDelete(key)
-	default:
+	for attempt := 0; ; attempt++ {
+		ops := []clientv3.Op{clientv3.OpDelete(key)}
+		if entry != "" {
+			ops = append(ops, clientv3.OpDelete(entry))
+		}
+		id, err := s.tombstoneLease(ctx)
+		if errors.Is(err, rpctypes.ErrNoSpace) {
+			// etcd out of space refuses a grant and the tombstone's put,
+			// but not a delete, which frees space; no commit lands
+			// meanwhile.
+			return s.apply(ctx, ops)
+		}
+		if err != nil {
+			return 0, err
+		}
+		ops[0] = clientv3.OpPut(key, tombstone, clientv3.WithLease(id))
+		rev, err := s.apply(ctx, ops)
+		switch {
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			s.leases.forget(id)
+			if attempt == 0 {
+				continue
+			}
+		case errors.Is(err, rpctypes.ErrNoSpace):
+			ops[0] = clientv3.OpDelete(key)
+			return s.apply(ctx, ops)
+		}
 		return rev, err
 	}
-	return s.apply(ctx, ops)
+}
+
+// tombstoneLease returns a lease for one tombstone: one that lasts the
+// request bound from now, shared with the tombstones and sessions that end
+// at about the same time.
+func (s *EtcdStore) tombstoneLease(ctx context.Context) (clientv3.LeaseID, error) {
+	now := s.now()
+	return s.leases.acquire(ctx, now, now.Add(s.request))
 }
 
 // apply makes ops in one request, a Txn if there are several, and returns
-// the revision etcd was at after (0 for no ops).
+// the revision etcd was at after.
 func (s *EtcdStore) apply(ctx context.Context, ops []clientv3.Op) (int64, error) {
-	switch len(ops) {
-	case 0:
-		return 0, nil
-	case 1:
+	if len(ops) == 1 {
 		resp, err := s.client.Do(ctx, ops[0])
 		if err != nil {
 			return 0, err
@@ -91,11 +107,10 @@ func (s *EtcdStore) apply(ctx context.Context, ops []clientv3.Op) (int64, error)
 			return put.Header.Revision, nil
 		}
 		return resp.Del().Header.Revision, nil
-	default:
-		resp, err := s.client.Txn(ctx).Then(ops...).Commit()
-		if err != nil {
-			return 0, err
-		}
-		return resp.Header.Revision, nil
 	}
+	resp, err := s.client.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
 }

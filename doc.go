@@ -36,8 +36,12 @@
 // Sessions written by github.com/alexedwards/scs/etcdstore carry no
 // expiry: that store expires them through their lease alone. Find and All
 // return such a session only while its lease has at least one second
-// left (one LeaseTimeToLive request per lease), so it is never returned
-// after its expiry, and may be called expired up to a second early.
+// left (one LeaseTimeToLive request per lease). That is as exact as the
+// lease: a session may be called expired up to a second early, and, since
+// a new leader gives every lease its full TTL again (lessor.go, Promote),
+// returned after its expiry, by up to its lease's TTL, when the leader
+// changed during its life. The first commit of such a session writes it
+// with its expiry in the envelope, exact from then on.
 //
 // # Leases
 //
@@ -61,25 +65,58 @@
 // Every commit is therefore a Txn conditional on the state it was made
 // against, as Kubernetes makes every update: the key's mod revision when
 // the store last saw it (the request's own Find), or its absence for a
-// token the store does not remember. A delete leaves a tombstone, 12 bytes
-// on the session's own lease, that lasts until the session would have
-// expired and that no commit writes over. An attempt that arrives after a
-// later write of the key, or after a delete, writes nothing. When the
-// compare fails, the Txn's Else branch returns what the key holds in the
-// same round trip: a tombstone means the session was deleted, and the
-// commit writes nothing and returns nil (the user's next request starts a
-// new session); another request's commit of the session means the commit
-// is made again on its revision, so concurrent commits of one session end
-// with the last and none fails.
+// token the store does not remember or saw ended. An attempt that arrives
+// after a later write of the key, or after the session ended, writes
+// nothing. When the compare fails, the Txn's Else branch returns what the
+// key holds in the same round trip, and the commit does the same whatever
+// the app server remembers:
 //
-// What is left: a first write of a session whose attempt arrives after
-// the session was deleted and its tombstone's lease ended, at the earliest
-// the session's own expiry at its delete; a delete that finds no key, or
-// runs while etcd is out of space, leaves no tombstone for a first write
-// still in flight; a commit whose attempt of unknown fate landed and was
-// overwritten, if the key's history was compacted or is deeper than 8
-// versions, is made again over the newer write; and a delete whose call
-// failed may still land later (docs/design.md).
+//   - a tombstone: the session was ended; the commit writes nothing and
+//     returns nil (the user's next request starts a new session);
+//   - nothing: etcd removed the key with its lease after the session's
+//     expiry; the commit writes the session again, on the key's absence,
+//     as it would a new one (an expiry ends a session for readers: a
+//     request that loaded it before its expiry may commit it with a new
+//     one, as with every SCS store);
+//   - another request's commit of the session: the commit is made again on
+//     its revision, so concurrent commits of one session end with the last
+//     and none fails.
+//
+// # Ending a session
+//
+// Every path that ends a session (Delete, DeleteByPrincipal, a commit
+// whose expiry has passed) leaves a tombstone at its key, whatever the key
+// holds (a live session, an expired one, nothing), that no commit writes
+// over. A tombstone is 12 bytes on a lease that lasts the store's request
+// bound (WithMaxRequestDuration, 5 minutes by default) from the end: the
+// longest a request may run from its Find of a session to its commit. So
+// no request in flight when a session ended, on any app server, whatever
+// it remembers, brings it back. With WithPrincipal, a session's key and
+// index entry also last the request bound past its expiry, so that
+// DeleteByPrincipal finds and ends a session whose expiry passed while a
+// request that loaded it was in flight.
+//
+// What is left, with what opens each window in practice:
+//
+//   - a request that commits more than the request bound after its Find
+//     (a handler slower than its server's timeouts allow; SCS commits
+//     before a response is written, so a long stream does not count) may
+//     bring back a session ended meanwhile, once the tombstone's lease
+//     ended;
+//   - a write held in the network (a stalled TCP connection, a proposal
+//     forwarded to an old leader) for longer than the request bound, made
+//     on the key's absence (a new session's first commit, or a commit of
+//     a token the app server forgot or saw ended), may write it again;
+//     one made on a revision never lands after another write;
+//   - a session ended while etcd is out of space has its key deleted, not
+//     tombstoned (etcd refuses every put), so a request in flight may
+//     commit it again once space is freed;
+//   - a session that the replaced store (github.com/alexedwards/scs/etcdstore)
+//     or any other plain Delete removes leaves no tombstone;
+//   - a commit whose attempt of unknown fate landed and was overwritten, if
+//     the key's history was compacted or is deeper than 8 versions, is
+//     made again over the newer write;
+//   - a delete whose call failed may still land later (docs/design.md).
 //
 // # Remembered tokens
 //
@@ -88,8 +125,8 @@
 // and, with WithTouchInterval, its data. The memory holds at most 100,000
 // tokens by default (WithRememberedTokens) and forgets the least recently
 // used first. A forgotten token costs its commit one more round trip,
-// since it is made on the key's absence first; a delete still holds,
-// through the tombstone. All remembers every session it returns, so that
+// since it is made on the key's absence first; what a commit does never
+// depends on what the store remembers (see Ending a session). All remembers every session it returns, so that
 // SCS's Iterate commits on the revisions it read.
 //
 // With WithTouchInterval the store also keeps each remembered session's

@@ -22,10 +22,10 @@ import (
 // (server/lease/lessor.go, Promote).
 //
 // A tombstone is the envelope of a deleted session: expiry 0 (the Unix
-// epoch) and no data, 12 bytes. A delete leaves it at the session's key,
-// on the session's lease, so that it lasts until the session's own expiry
-// at least and then goes with the lease; no commit writes over it (see
-// commit.go). Readers see a session that expired in 1970: absent, to this
+// epoch) and no data, 12 bytes. Every end of a session leaves it at the
+// session's key, on a lease that lasts the store's request bound
+// (WithMaxRequestDuration), and then goes with the lease; no commit writes
+// over it (see commit.go). Readers see a session that expired in 1970: absent, to this
 // release and to those before it.
 //
 // A sealed envelope (WithEncryption, crypt.go) is version 2: the same

@@ -47,6 +47,7 @@ type EtcdStore struct {
 	sealer  *sealer         // WithEncryption, or nil (crypt.go)
 	codec   scs.Codec
 	touch   time.Duration    // WithTouchInterval, or 0
+	request time.Duration    // WithMaxRequestDuration
 	now     func() time.Time // time.Now; overridden in tests
 	stats   *stats
 }
@@ -81,15 +82,16 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 	}
 	o = o.withDefaults()
 	s := &EtcdStore{
-		client: client,
-		keys:   newKeyspace(prefix, o.pageSize),
-		calls:  &retrier{timeout: o.timeout, clock: wallClock{}},
-		leases: newLeaseManager(client.Lease, o.bucket, o.maxKeys),
-		tokens: newTokenMemory(o.remembered),
-		codec:  o.codec,
-		touch:  o.touch,
-		now:    time.Now,
-		stats:  &stats{},
+		client:  client,
+		keys:    newKeyspace(prefix, o.pageSize),
+		calls:   &retrier{timeout: o.timeout, clock: wallClock{}},
+		leases:  newLeaseManager(client.Lease, o.bucket, o.maxKeys),
+		tokens:  newTokenMemory(o.remembered),
+		codec:   o.codec,
+		touch:   o.touch,
+		request: o.request,
+		now:     time.Now,
+		stats:   &stats{},
 	}
 	if o.keys != nil {
 		s.sealer = newSealer(o.keys)

@@ -120,16 +120,18 @@ func TestCommitFindDelete(t *testing.T) {
 		t.Fatalf("after overwrite Find = %q, want again", b)
 	}
 
-	// Delete leaves a tombstone on the session's lease.
-	lease := rawValue(t, c, s, "tok").lease
+	// Delete leaves a tombstone on a lease of the request bound's.
 	if err := s.Delete("tok"); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
 	if b, found, err := s.Find("tok"); err != nil || found || b != nil {
 		t.Fatalf("after Delete Find = %q, %v, %v; want nil, false, nil", b, found, err)
 	}
-	if kv := rawValue(t, c, s, "tok"); kv == nil || !isTombstone(kv.value) || kv.lease != lease {
-		t.Fatalf("after Delete the key holds %+v, want a tombstone on the session's lease %x", kv, lease)
+	if kv := rawValue(t, c, s, "tok"); kv == nil || !isTombstone(kv.value) {
+		t.Fatalf("after Delete the key holds %+v, want a tombstone", kv)
+	}
+	if left := leaseLeft(t, c, s.keys.key("tok")); left < int64(defaultMaxRequestDuration/time.Second)-5 {
+		t.Fatalf("the tombstone's lease has %d s left, want about the request bound, %v", left, defaultMaxRequestDuration)
 	}
 	if err := s.Delete("tok"); err != nil {
 		t.Fatalf("Delete of a missing token = %v, want nil", err)
@@ -361,16 +363,16 @@ func TestConstructors(t *testing.T) {
 // default; the others stay as set.
 func TestWithDefaults(t *testing.T) {
 	codec := scs.GobCodec{}
-	defaults := options{maxKeys: 1000, pageSize: 1000, codec: codec, remembered: 100_000, timeout: 5 * time.Second}
+	defaults := options{maxKeys: 1000, pageSize: 1000, codec: codec, remembered: 100_000, timeout: 5 * time.Second, request: 5 * time.Minute}
 	for _, tc := range []struct {
 		name string
 		in   options
 		want options
 	}{
 		{"none", options{}, defaults},
-		{"negative", options{bucket: -1, maxKeys: -1, pageSize: -1, touch: -1, remembered: -1, timeout: -1}, defaults},
-		{"set", options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true},
-			options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true}},
+		{"negative", options{bucket: -1, maxKeys: -1, pageSize: -1, touch: -1, remembered: -1, timeout: -1, request: -1}, defaults},
+		{"set", options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true, request: time.Second},
+			options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true, request: time.Second}},
 	} {
 		if got := tc.in.withDefaults(); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%s: withDefaults() = %+v, want %+v", tc.name, got, tc.want)

@@ -26,7 +26,7 @@ import (
 // A deleted session stays deleted: the delete leaves a tombstone that no
 // commit writes over (commit.go), so the register has three states: never
 // written, a value, and deleted. A delete of a session never written
-// leaves nothing.
+// leaves a tombstone too.
 
 // regOp is what an operation on a session register did.
 type regOp byte
@@ -93,9 +93,6 @@ var registerModel = porcupine.Model{
 			}
 			return true, in.value
 		case regDelete:
-			if st == "" {
-				return true, st
-			}
 			return true, regDeleted
 		default:
 			if st == regDeleted {

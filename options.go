@@ -23,6 +23,7 @@ type options struct {
 	cache      bool          // WithReadCache
 	noBatching bool          // WithBatching(false)
 	keys       [][]byte      // WithEncryption; nil: none
+	request    time.Duration // WithMaxRequestDuration
 }
 
 // The defaults of the options.
@@ -39,6 +40,11 @@ const (
 	// context has none sooner: about what go-redis allows a command (3 s
 	// read plus 3 s write timeout).
 	defaultTimeout = 5 * time.Second
+	// defaultMaxRequestDuration is how long a request may run from its
+	// Find of a session to its commit: five times the 60 s at which
+	// nginx (proxy_read_timeout), ingress-nginx and AWS's load balancers
+	// give up on a request by default.
+	defaultMaxRequestDuration = 5 * time.Minute
 )
 
 // withDefaults returns o with every value an option left out, zero or
@@ -64,6 +70,9 @@ func (o options) withDefaults() options {
 	}
 	if o.timeout <= 0 {
 		o.timeout = defaultTimeout
+	}
+	if o.request <= 0 {
+		o.request = defaultMaxRequestDuration
 	}
 	return o
 }
@@ -150,6 +159,25 @@ func WithRememberedTokens(n int) Option {
 // the default, 5 s.
 func WithTimeout(d time.Duration) Option {
 	return func(o *options) { o.timeout = d }
+}
+
+// WithMaxRequestDuration sets how long a request of the app may run from
+// its Find of a session to its commit of it: the store's promise that a
+// session ended (a logout, DeleteByPrincipal, a commit whose expiry has
+// passed) stays ended holds for the requests that commit within d of
+// their Find, on every app server, whatever it remembers (see Ending a
+// session in the package documentation). Set it to the longest your
+// requests may take, as bounded by the app's http.Server timeouts and
+// its load balancer; a request that outruns it may bring a session
+// ended meanwhile back.
+//
+// Its cost: the tombstone a session's end leaves lives d (12 bytes and the
+// key, docs/capacity.md); with WithPrincipal, every session's key and
+// index entry live d past its expiry, so that DeleteByPrincipal finds a
+// session that expired while a request of it was in flight. Zero or
+// negative means the default, 5 minutes.
+func WithMaxRequestDuration(d time.Duration) Option {
+	return func(o *options) { o.request = d }
 }
 
 // WithPrincipal makes the store keep an index of sessions by principal:

@@ -1,6 +1,7 @@
 package etcdstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/alexedwards/scs/v2"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -201,11 +203,15 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (sess
 	return sessions, nil
 }
 
-// DeleteByPrincipal deletes every live session of principal except the
-// tokens in except (the caller's own, for "log out other devices"), with
-// their index entries, and returns how many sessions it deleted. Index
-// entries that no longer index a live session of principal are deleted
-// too. Each session is deleted only if it is still indexed under
+// DeleteByPrincipal ends every session of principal except the tokens in
+// except (the caller's own, for "log out other devices"), with their index
+// entries, and returns how many it ended: those live, and those whose
+// expiry has passed but whose key etcd still holds, which a request in
+// flight that loaded them before their expiry could otherwise commit
+// again (a store with WithPrincipal keeps a session's key the request
+// bound past its expiry, WithMaxRequestDuration, so that it is found
+// here). Index entries that no longer index a session of principal are
+// deleted too. Each session is ended only if it is still indexed under
 // principal by the entry read with it (a commit that changes or removes
 // its principal deletes that entry, while the commits of requests in
 // flight only rewrite it), in Txns of at most 64 sessions (etcd's
@@ -214,10 +220,10 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (sess
 // no longer than the store's timeout (WithTimeout).
 //
 // Once it returns nil, no request in flight on any app server can bring
-// one of the deleted sessions back: each leaves a tombstone on its lease,
-// as Delete's, that no commit writes over. A session of principal created
-// after it began may survive. While etcd is out of space it fails with an
-// error wrapping rpctypes.ErrNoSpace.
+// one of the ended sessions back: each leaves a tombstone, as Delete's,
+// that no commit writes over. A session of principal created after it
+// began may survive. While etcd is out of space it fails with an error
+// wrapping rpctypes.ErrNoSpace.
 //
 // On an error, the sessions of the Txns that went through are deleted
 // and the others are not, and the count says how many were; calling it
@@ -246,25 +252,47 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 		if err != nil {
 			return deleted, fmt.Errorf("etcdstore: delete by principal: %w", err)
 		}
-		// An entry guards its session's delete only if it is the one the
-		// session's commits keep: under the hash of the key that sealed it.
-		// Another (left by a commit that did not know the entry) is stale.
-		live := make(map[string]bool, len(entries))
+		// An entry guards its session's end only if the session, live or
+		// expired, names principal and the entry is the one its commits
+		// keep: under the hash of the key that sealed it. Another (left by
+		// a commit that did not know the entry) is stale.
+		ends := make(map[string]bool, len(entries))
 		for _, e := range entries {
 			kv := kvs[e.token]
-			_, ok, _ := s.ofPrincipal(kv, principal)
-			live[e.key] = ok && sealedBy(kv.Value) == e.id
+			_, names, _, _ := s.storedPrincipal(kv, principal)
+			ends[e.key] = names && sealedBy(kv.Value) == e.id
 		}
 		if pass == 0 {
 			if err := rawExcept(entries, keep); err != nil {
 				return 0, err
 			}
 		}
+		var leaseErr error
+		lease := func() clientv3.LeaseID {
+			ctx, cancel := attemptContext(c)
+			defer cancel()
+			id, err := s.tombstoneLease(ctx)
+			leaseErr = cmp.Or(leaseErr, err)
+			return id
+		}
+		batches := planDeletes(entries, ends, keep, s.keys.key, lease)
+		if leaseErr != nil {
+			return deleted, fmt.Errorf("etcdstore: delete by principal: %w", leaseErr)
+		}
 		clean := true
-		for _, b := range planDeletes(entries, live, keep, s.keys.key) {
+		for _, b := range batches {
 			resp, err := retryValue(s.calls, c, func(ctx context.Context) (*clientv3.TxnResponse, error) {
 				return s.client.Txn(ctx).If(b.cmps...).Then(b.ops...).Commit()
 			})
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				// A tombstone's lease etcd no longer knows: the next pass
+				// gets a fresh one.
+				for _, id := range b.leases {
+					s.leases.forget(id)
+				}
+				clean = false
+				continue
+			}
 			if err != nil {
 				return deleted, fmt.Errorf("etcdstore: delete by principal: %w", err)
 			}
@@ -304,23 +332,25 @@ func rawExcept(entries []indexEntry, keep map[string]bool) error {
 }
 
 // deleteBatch is one Txn of DeleteByPrincipal: its compares, its
-// operations, and the tokens of the sessions it deletes.
+// operations, the tokens of the sessions it ends and their tombstones'
+// leases.
 type deleteBatch struct {
 	cmps   []clientv3.Cmp
 	ops    []clientv3.Op
 	tokens []string
+	leases []clientv3.LeaseID
 }
 
 // planDeletes returns the Txns that delete a principal's index entries,
 // but those of the tokens in keep, each within etcd's default
-// --max-txn-ops: an entry whose session is live and names the principal
-// (live) with its session, which leaves a tombstone, under compares of the
-// entry's creation (a change of principal deletes the entry, while the
-// commits of requests in flight only rewrite it) and of the session key's
-// existence (the tombstone's put keeps the key's lease); a stale entry
-// under a compare of its mod revision, so that an entry written again
-// since stays. key maps a token to its session's key. It does no I/O.
-func planDeletes(entries []indexEntry, live, keep map[string]bool, key func(token string) string) []deleteBatch {
+// --max-txn-ops: an entry whose session, live or expired, names the
+// principal (ends) with its session, which gets a tombstone on a lease
+// from lease, under a compare of the entry's creation (a change of
+// principal deletes the entry, while the commits of requests in flight
+// only rewrite it); a stale entry under a compare of its mod revision, so
+// that an entry written again since stays. key maps a token to its
+// session's key. It does no I/O but lease's.
+func planDeletes(entries []indexEntry, ends, keep map[string]bool, key func(token string) string, lease func() clientv3.LeaseID) []deleteBatch {
 	var batches []deleteBatch
 	var b deleteBatch
 	buried := make(map[string]bool)
@@ -331,13 +361,13 @@ func planDeletes(entries []indexEntry, live, keep map[string]bool, key func(toke
 		// A token with entries under two keys' hashes (WithEncryption, an
 		// entry its key's rotation left) is buried once; its other
 		// entries are stale.
-		if live[e.key] && !buried[e.token] {
+		if ends[e.key] && !buried[e.token] {
 			buried[e.token] = true
-			b.cmps = append(b.cmps,
-				clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.created),
-				clientv3.Compare(clientv3.Version(key(e.token)), ">", 0))
-			b.ops = append(b.ops, clientv3.OpPut(key(e.token), tombstone, clientv3.WithIgnoreLease()), clientv3.OpDelete(e.key))
+			id := lease()
+			b.cmps = append(b.cmps, clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.created))
+			b.ops = append(b.ops, clientv3.OpPut(key(e.token), tombstone, clientv3.WithLease(id)), clientv3.OpDelete(e.key))
 			b.tokens = append(b.tokens, e.token)
+			b.leases = append(b.leases, id)
 		} else {
 			b.cmps = append(b.cmps, clientv3.Compare(clientv3.ModRevision(e.key), "=", e.rev))
 			b.ops = append(b.ops, clientv3.OpDelete(e.key))
@@ -406,23 +436,31 @@ func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, m
 // ofPrincipal returns the data of the stored session kv (nil: none) and
 // whether it is live and names principal.
 func (s *EtcdStore) ofPrincipal(kv *mvccpb.KeyValue, principal string) ([]byte, bool, error) {
-	if kv == nil {
-		return nil, false, nil
+	data, names, live, err := s.storedPrincipal(kv, principal)
+	if err != nil || !names || !live {
+		return nil, false, err
+	}
+	return data, true, nil
+}
+
+// storedPrincipal returns the data of the stored session kv (nil: none),
+// whether it names principal, live or expired, and whether it is live
+// now. A tombstone, and a sealed value that does not open, name no one.
+func (s *EtcdStore) storedPrincipal(kv *mvccpb.KeyValue, principal string) (data []byte, names, live bool, err error) {
+	if kv == nil || isTombstone(kv.Value) {
+		return nil, false, false, nil
 	}
 	value, err := s.plain(string(kv.Key), kv.Value)
 	if errors.Is(err, errUnopenable) {
-		return nil, false, nil
+		return nil, false, false, nil
 	}
 	if err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
-	data, _, live, err := decodeStored(value, s.now())
-	if err != nil || !live {
-		return nil, false, err
+	expiry, hasExpiry, data, err := decodeEnvelope(value)
+	if err != nil {
+		return nil, false, false, fmt.Errorf("%w: %w", errCorrupt, err)
 	}
 	p, has := s.index.decode(data)
-	if !has || p != principal {
-		return nil, false, nil
-	}
-	return data, true, nil
+	return data, has && p == principal, !hasExpiry || s.now().Before(expiry), nil
 }

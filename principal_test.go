@@ -264,10 +264,11 @@ func TestHostilePrincipals(t *testing.T) {
 	}
 }
 
-// TestPrincipalEntryExpires: the entry goes with its session's lease.
+// TestPrincipalEntryExpires: the entry goes with its session's lease, the
+// request bound after the session's expiry.
 func TestPrincipalEntryExpires(t *testing.T) {
 	t.Parallel()
-	s, c := newStore(t, WithPrincipal("user"))
+	s, c := newStore(t, WithPrincipal("user"), WithMaxRequestDuration(time.Second))
 	if err := s.Commit("short", userData(t, "ann", ""), time.Now().Add(500*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
@@ -364,8 +365,8 @@ func TestPlanDeletesTwoEntries(t *testing.T) {
 		{key: "i/k1/t", token: "t", rev: 9, created: 8, id: 1},
 	}
 	live := map[string]bool{"i/k1/t": true}
-	batches := planDeletes(entries, live, nil, func(token string) string { return "s/" + token })
-	if len(batches) != 1 || len(batches[0].tokens) != 1 || len(batches[0].ops) != 3 || len(batches[0].cmps) != 3 {
+	batches := planDeletes(entries, live, nil, func(token string) string { return "s/" + token }, func() clientv3.LeaseID { return 1 })
+	if len(batches) != 1 || len(batches[0].tokens) != 1 || len(batches[0].ops) != 3 || len(batches[0].cmps) != 2 {
 		t.Fatalf("batches %+v: want one Txn burying t once, deleting both entries", batches)
 	}
 	found := false
@@ -378,8 +379,8 @@ func TestPlanDeletesTwoEntries(t *testing.T) {
 	}
 }
 
-// TestPlanDeletes: DeleteByPrincipal's Txns, by table: a live session goes
-// with its entry under two compares, a stale entry alone under one, kept
+// TestPlanDeletes: DeleteByPrincipal's Txns, by table: a session goes
+// with its entry under one compare, its tombstone on a lease of its own asking, a stale entry alone under one, kept
 // tokens not at all, and no Txn holds more than etcd's default
 // --max-txn-ops of operations or compares.
 func TestPlanDeletes(t *testing.T) {
@@ -416,7 +417,8 @@ func TestPlanDeletes(t *testing.T) {
 					live["i/"+tok], keep[tok] = true, true
 				}
 			}
-			batches := planDeletes(entries, live, keep, key)
+			leases := 0
+			batches := planDeletes(entries, live, keep, key, func() clientv3.LeaseID { leases++; return clientv3.LeaseID(leases) })
 			tokens, ops, cmps := 0, 0, 0
 			for i, b := range batches {
 				if len(b.ops) > maxTxnOps || len(b.cmps) > maxTxnOps {
@@ -432,8 +434,11 @@ func TestPlanDeletes(t *testing.T) {
 			if len(batches) != tc.wantTxns || tokens != tc.wantTokens {
 				t.Errorf("%d Txns deleting %d sessions, want %d and %d", len(batches), tokens, tc.wantTxns, tc.wantTokens)
 			}
-			if want := 2*tc.live + tc.stale; ops != want || cmps != want {
-				t.Errorf("%d ops and %d compares, want %d of each", ops, cmps, want)
+			if ops != 2*tc.live+tc.stale || cmps != tc.live+tc.stale {
+				t.Errorf("%d ops and %d compares, want %d and %d", ops, cmps, 2*tc.live+tc.stale, tc.live+tc.stale)
+			}
+			if leases != tc.live {
+				t.Errorf("%d tombstone leases asked for, want one per session ended, %d", leases, tc.live)
 			}
 		})
 	}

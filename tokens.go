@@ -16,11 +16,12 @@ import (
 //
 // Conditional writes: a Commit of a remembered token writes only while
 // the key's mod revision is the one seen (commit.go), so neither a late
-// attempt nor a request in flight writes over a delete or a newer commit,
-// and one seen deleted is not written at all. A token the store does not
-// remember (a new session, a renewed token, one forgotten past the bound)
-// is written only while its key is absent, and, when it is not, again on
-// the revision it holds, unless that is a tombstone.
+// attempt nor a request in flight writes over a delete or a newer commit.
+// A token the store does not remember (a new session, a renewed token, one
+// forgotten past the bound), or saw ended, is written only while its key
+// is absent, and, when it is not, again on the revision it holds, unless
+// that is a tombstone. The memory chooses the revision a commit is made
+// on, never its outcome: that is etcd's (commit.go).
 //
 // Touch coalescing: a Commit whose data is what the store last saw stored
 // and whose expiry is less than the touch interval later than the stored
