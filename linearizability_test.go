@@ -297,7 +297,7 @@ func TestRegisterModel(t *testing.T) {
 		{"commit outlives a concurrent delete", []porcupine.Operation{commit("a", 0, 10), del(20, 40), commit("b", 30, 50), find("b", 60, 70)}, porcupine.Illegal},
 		{"late write after a delete", []porcupine.Operation{commit("a", 0, unknownReturn), find("a", 10, 20), del(30, 40), find("a", 50, 60)}, porcupine.Illegal},
 		{"late write after a newer write", []porcupine.Operation{commit("a", 0, 10), commit("b", 20, unknownReturn), find("b", 30, 40), commit("c", 50, 60), find("b", 70, 80)}, porcupine.Illegal},
-		{"delete of a session never written leaves nothing", []porcupine.Operation{del(0, 10), commit("a", 20, 30), find("a", 40, 50)}, porcupine.Ok},
+		{"delete of a session never written leaves a tombstone", []porcupine.Operation{del(0, 10), commit("a", 20, 30), find("a", 40, 50)}, porcupine.Illegal},
 		{"unknown write seen before its call", []porcupine.Operation{find("x", 0, 10), commit("x", 20, unknownReturn)}, porcupine.Illegal},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
