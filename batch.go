@@ -29,9 +29,11 @@ import (
 //     (etcd 3.3 and later), each with its own compare, its own puts and its
 //     own Else, so each keeps its outcome; all are one raft entry;
 //   - reads go in one read-only Txn of Gets, served linearizably with one
-//     ReadIndex. A read joins a request that starts after it began, never
-//     one in flight, so it still sees every commit that completed before
-//     it began.
+//     ReadIndex, one Get a key: reads of one key queued together, such as
+//     the Finds of a page's burst of requests with one cookie, ride the
+//     first one's Get and each gets its answer. A read joins a request
+//     that starts after it began, never one in flight, so it still sees
+//     every commit that completed before it began.
 //
 // etcd's limits (server/etcdserver/api/v3rpc/key.go): --max-txn-ops, 128
 // by default, bounds the operations of a Txn, and a nested Txn's own
@@ -39,7 +41,8 @@ import (
 // commits carries at most 64, whose nested Txns hold up to 3 operations;
 // no key may be written twice in one Txn, nested ones included
 // (checkIntervals), so a second commit of a token waits for the next
-// batch, which also keeps the two in order; --max-request-bytes, 1.5 MiB
+// batch, which also keeps the two in order (a store lines up its own
+// commits of a token before they reach the batcher: commitline.go); --max-request-bytes, 1.5 MiB
 // by default, bounds the request, so a batch carries at most 1 MiB of
 // keys and values. A batch etcd refuses for its size or its operations
 // halves the limit it broke, for the batches after it.
@@ -88,6 +91,9 @@ type batcher[R any] struct {
 	counts   *batchStats
 	inFlight int           // requests in flight at most
 	stall    time.Duration // stalledAfter
+	// share lets calls of one key ride one operation (reads); without
+	// it, a key's second call waits for the next batch (commits).
+	share bool
 
 	mu       sync.Mutex // protects the fields below
 	sending  int        // requests in flight
@@ -107,6 +113,9 @@ type batchItem[R any] struct {
 	done chan struct{} // closed once res and err are set, if queued
 	// state is itemQueued, itemSent or itemDropped, under the batcher's mu.
 	state int
+	// riders are the calls of the same key that ride this one's op in
+	// its batch (a batcher that shares), given its res and err.
+	riders []*batchItem[R]
 }
 
 const (
@@ -116,13 +125,14 @@ const (
 )
 
 // batchStats counts the requests that carried more than one call, and
-// the calls they carried, and the batches etcd refused as a whole.
+// the calls they carried, riders included, and the batches etcd refused
+// as a whole.
 type batchStats struct {
 	batches, calls, refused atomic.Int64
 }
 
-func newBatcher[R any](inFlight, maxItems int, alone func(context.Context, *batchItem[R]), together func(context.Context, []*batchItem[R])) *batcher[R] {
-	return &batcher[R]{alone: alone, together: together, counts: &batchStats{}, inFlight: inFlight, stall: stalledAfter, maxItems: maxItems, maxBytes: maxBatchBytes}
+func newBatcher[R any](inFlight, maxItems int, share bool, alone func(context.Context, *batchItem[R]), together func(context.Context, []*batchItem[R])) *batcher[R] {
+	return &batcher[R]{alone: alone, together: together, counts: &batchStats{}, inFlight: inFlight, stall: stalledAfter, share: share, maxItems: maxItems, maxBytes: maxBatchBytes}
 }
 
 // do makes the call it: alone at once when fewer than b.inFlight
@@ -212,6 +222,10 @@ func (b *batcher[R]) drain() {
 		b.mu.Unlock()
 		kept := b.inPlace(func() { b.send(items) })
 		for _, it := range items {
+			for _, r := range it.riders {
+				r.res, r.err = it.res, it.err
+				close(r.done)
+			}
 			close(it.done)
 		}
 		if !kept {
@@ -222,18 +236,24 @@ func (b *batcher[R]) drain() {
 
 // takeLocked takes the next batch from the queue: its calls in order, up
 // to maxItems and maxBytes (a first call larger than maxBytes goes alone),
-// each key once; calls dropped while queued leave it. b.mu is held.
+// each key once; in a batcher that shares, the key's later calls ride
+// its first (riders), and count against neither limit. Calls dropped
+// while queued leave the queue. b.mu is held.
 func (b *batcher[R]) takeLocked() []*batchItem[R] {
 	var items, rest []*batchItem[R]
-	keys := make(map[string]bool)
+	keys := make(map[string]*batchItem[R])
 	size := 0
 	for _, it := range b.queue {
+		first := keys[it.key]
 		switch {
 		case it.state == itemDropped:
-		case len(items) < b.maxItems && !keys[it.key] && (len(items) == 0 || size+it.size <= b.maxBytes):
+		case first != nil && b.share:
+			it.state = itemSent
+			first.riders = append(first.riders, it)
+		case first == nil && len(items) < b.maxItems && (len(items) == 0 || size+it.size <= b.maxBytes):
 			it.state = itemSent
 			items = append(items, it)
-			keys[it.key] = true
+			keys[it.key] = it
 			size += it.size
 		default:
 			rest = append(rest, it)
@@ -245,7 +265,9 @@ func (b *batcher[R]) takeLocked() []*batchItem[R] {
 }
 
 // send makes items' calls, together, or alone if there is one, within the
-// earliest of their attempts' deadlines, and counts the batch.
+// earliest of their attempts' deadlines, and counts the batch. Riders do
+// not shorten it: each waits for its answer no longer than its own
+// deadline, and one whose request fails is made again alone.
 func (b *batcher[R]) send(items []*batchItem[R]) {
 	first := items[0]
 	for _, it := range items[1:] {
@@ -255,12 +277,18 @@ func (b *batcher[R]) send(items []*batchItem[R]) {
 	}
 	ctx, cancel := context.WithDeadline(clientv3.WithRequireLeader(context.Background()), attemptEnd(first.c))
 	defer cancel()
+	calls := len(items)
+	for _, it := range items {
+		calls += len(it.riders)
+	}
+	if calls > 1 {
+		b.counts.batches.Add(1)
+		b.counts.calls.Add(int64(calls))
+	}
 	if len(items) == 1 {
 		b.alone(ctx, items[0])
 		return
 	}
-	b.counts.batches.Add(1)
-	b.counts.calls.Add(int64(len(items)))
 	b.together(ctx, items)
 	if err := items[0].err; err != nil {
 		b.counts.refused.Add(1)
@@ -299,7 +327,7 @@ type batching struct {
 // newBatching returns the batchers of commits and reads through kv.
 func newBatching(kv clientv3.KV) *batching {
 	return &batching{
-		commits: newBatcher(commitsInFlight, maxBatchCommits,
+		commits: newBatcher(commitsInFlight, maxBatchCommits, false,
 			func(ctx context.Context, it *batchItem[commitResult]) {
 				cmps, then, els := it.op.Txn()
 				resp, err := kv.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
@@ -316,7 +344,7 @@ func newBatching(kv clientv3.KV) *batching {
 					}
 				}
 			}),
-		reads: newBatcher(readsInFlight, maxBatchReads,
+		reads: newBatcher(readsInFlight, maxBatchReads, true,
 			func(ctx context.Context, it *batchItem[readResult]) {
 				resp, err := kv.Get(ctx, it.key)
 				if err == nil {

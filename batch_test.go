@@ -20,7 +20,8 @@ import (
 
 // TestTakeBatch: the next batch is the queue's calls in order, each key
 // once, up to the limits; a first call over the byte limit goes alone;
-// dropped calls leave the queue. It does no I/O.
+// dropped calls leave the queue; in a batcher that shares (reads), a
+// key's later calls ride its first, beyond the limits. It does no I/O.
 func TestTakeBatch(t *testing.T) {
 	item := func(key string, size, state int) *batchItem[int] {
 		return &batchItem[int]{key: key, size: size, state: state}
@@ -36,25 +37,41 @@ func TestTakeBatch(t *testing.T) {
 		name            string
 		queue           []*batchItem[int]
 		maxItems, bytes int
+		share           bool
 		want, rest      string
+		riders          int
 	}{
-		{"all", []*batchItem[int]{item("a", 1, 0), item("b", 1, 0)}, 64, 100, "a b", ""},
-		{"a key twice waits", []*batchItem[int]{item("a", 1, 0), item("a", 1, 0), item("b", 1, 0)}, 64, 100, "a b", "a"},
-		{"dropped leave", []*batchItem[int]{item("a", 1, itemDropped), item("b", 1, 0)}, 64, 100, "b", ""},
-		{"at most maxItems", []*batchItem[int]{item("a", 1, 0), item("b", 1, 0), item("c", 1, 0)}, 2, 100, "a b", "c"},
-		{"at most maxBytes", []*batchItem[int]{item("a", 60, 0), item("b", 60, 0), item("c", 30, 0)}, 64, 100, "a c", "b"},
-		{"a large first goes alone", []*batchItem[int]{item("a", 500, 0), item("b", 1, 0)}, 64, 100, "a", "b"},
+		{"all", []*batchItem[int]{item("a", 1, 0), item("b", 1, 0)}, 64, 100, false, "a b", "", 0},
+		{"a key twice waits", []*batchItem[int]{item("a", 1, 0), item("a", 1, 0), item("b", 1, 0)}, 64, 100, false, "a b", "a", 0},
+		{"dropped leave", []*batchItem[int]{item("a", 1, itemDropped), item("b", 1, 0)}, 64, 100, false, "b", "", 0},
+		{"at most maxItems", []*batchItem[int]{item("a", 1, 0), item("b", 1, 0), item("c", 1, 0)}, 2, 100, false, "a b", "c", 0},
+		{"at most maxBytes", []*batchItem[int]{item("a", 60, 0), item("b", 60, 0), item("c", 30, 0)}, 64, 100, false, "a c", "b", 0},
+		{"a large first goes alone", []*batchItem[int]{item("a", 500, 0), item("b", 1, 0)}, 64, 100, false, "a", "b", 0},
+		{"a key twice rides", []*batchItem[int]{item("a", 1, 0), item("a", 1, 0), item("b", 1, 0), item("a", 1, 0)}, 64, 100, true, "a b", "", 2},
+		{"riders beyond the limits", []*batchItem[int]{item("a", 60, 0), item("b", 60, 0), item("a", 60, 0)}, 1, 100, true, "a", "b", 1},
+		{"a dropped call rides nothing", []*batchItem[int]{item("a", 1, 0), item("a", 1, itemDropped)}, 64, 100, true, "a", "", 0},
+		{"a key held back holds its riders", []*batchItem[int]{item("a", 1, 0), item("b", 1, 0), item("b", 1, 0)}, 1, 100, true, "a", "b b", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := &batcher[int]{queue: tc.queue, maxItems: tc.maxItems, maxBytes: tc.bytes}
+			b := &batcher[int]{queue: tc.queue, maxItems: tc.maxItems, maxBytes: tc.bytes, share: tc.share}
 			got := b.takeLocked()
 			if keys(got) != tc.want || keys(b.queue) != tc.rest {
 				t.Errorf("took %q, left %q; want %q and %q", keys(got), keys(b.queue), tc.want, tc.rest)
 			}
+			riders := 0
 			for _, it := range got {
 				if it.state != itemSent {
 					t.Errorf("%q taken in state %d", it.key, it.state)
 				}
+				for _, r := range it.riders {
+					if r.key != it.key || r.state != itemSent {
+						t.Errorf("%q rides %q in state %d", r.key, it.key, r.state)
+					}
+				}
+				riders += len(it.riders)
+			}
+			if riders != tc.riders {
+				t.Errorf("%d riders, want %d", riders, tc.riders)
 			}
 		})
 	}

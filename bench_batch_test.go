@@ -32,11 +32,23 @@ func timed(durs []time.Duration, op func(i int) error) func(i int) error {
 // microseconds.
 func reportLatency(b *testing.B, durs []time.Duration) {
 	b.Helper()
+	reportPercentiles(b, "", durs, 50, 90, 99)
+}
+
+// reportPercentiles reports the given percentiles of durs, in
+// microseconds, as <prefix>p<N>-µs.
+func reportPercentiles(b *testing.B, prefix string, durs []time.Duration, ps ...int) {
+	b.Helper()
+	for _, p := range ps {
+		b.ReportMetric(float64(percentile(durs, p).Microseconds()), prefix+"p"+strconv.Itoa(p)+"-µs")
+	}
+}
+
+// percentile returns the p-th percentile of durs.
+func percentile(durs []time.Duration, p int) time.Duration {
 	durs = slices.Clone(durs)
 	slices.Sort(durs)
-	for _, p := range []int{50, 90, 99} {
-		b.ReportMetric(float64(durs[(len(durs)-1)*p/100].Microseconds()), "p"+strconv.Itoa(p)+"-µs")
-	}
+	return durs[(len(durs)-1)*p/100]
 }
 
 // BenchmarkCommitBatching compares Commit with batching (the default)

@@ -92,7 +92,7 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 	if err := clientErr(s.client); err != nil {
 		return fmt.Errorf("etcdstore: commit: %w", err)
 	}
-	return s.commitToken(ctx, token, b, now, expiry)
+	return s.commitInLine(ctx, token, b, now, expiry)
 }
 
 // commitToken commits the data b of session token, to expire at expiry,

@@ -44,6 +44,7 @@ type EtcdStore struct {
 	index   *principalIndex // WithPrincipal, or nil (principal.go)
 	cache   *readCache      // WithReadCache, or nil (cache.go)
 	batches *batching       // concurrent calls' shared requests, or nil (batch.go)
+	lines   commitLines     // commits in flight, by token (commitline.go)
 	sealer  *sealer         // WithEncryption, or nil (crypt.go)
 	codec   scs.Codec
 	touch   time.Duration    // WithTouchInterval, or 0

@@ -36,6 +36,14 @@ type Stats struct {
 	// came first, or the store did not remember the token) and was made
 	// again on the new revision: one more round trip each.
 	CommitConflicts int64
+	// CommitsShared counts commits acknowledged with the write of a later
+	// commit of the same session: they arrived while another commit of
+	// it by this store was in flight, and went with the others that
+	// waited as one commit, of the data of the last to arrive (see
+	// Concurrent commits of one session). The counts of what commits did
+	// (TouchesSkipped, ResurrectionsRefused, CommitConflicts) count such
+	// a shared commit once.
+	CommitsShared int64
 	// CodecErrors counts the times the codec could not decode session
 	// data the store needed to read (WithTouchInterval, WithPrincipal):
 	// the data is written all the same, but its touches are not skipped
@@ -125,6 +133,7 @@ type stats struct {
 	finds, commits, deletes, alls        atomic.Int64
 	findsByPrincipal, deletesByPrincipal atomic.Int64
 	touchesSkipped, refused, conflicts   atomic.Int64
+	commitsShared                        atomic.Int64
 	codecErrors, decryptFailures         atomic.Int64
 	noSpace, tooLarge, auth, corrupt     atomic.Int64
 	canceled, timeout, other             atomic.Int64
@@ -222,6 +231,7 @@ func (s *EtcdStore) Stats() Stats {
 		TouchesSkipped:       c.touchesSkipped.Load(),
 		ResurrectionsRefused: c.refused.Load(),
 		CommitConflicts:      c.conflicts.Load(),
+		CommitsShared:        c.commitsShared.Load(),
 		CodecErrors:          c.codecErrors.Load(),
 		DecryptFailures:      c.decryptFailures.Load(),
 		LeaseGrants:          s.leases.granted.Load(),

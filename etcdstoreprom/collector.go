@@ -26,6 +26,9 @@
 //	                                       an election; a steady rate, a sick member.
 //	etcdstore_commit_conflicts_total       counter: commits made again on a newer revision
 //	                                       (a concurrent commit of the session came first).
+//	etcdstore_commits_shared_total         counter: commits acknowledged with the write of
+//	                                       a later concurrent commit of the session by the
+//	                                       same store (a burst of one session's requests).
 //	etcdstore_resurrections_refused_total  counter: commits that wrote nothing, the session
 //	                                       having been deleted (a logout overtook them).
 //	etcdstore_touches_skipped_total        counter: commits that wrote nothing, with
@@ -76,6 +79,7 @@ type collector struct {
 	calls, duration, errors, cache                   *prometheus.Desc
 	batches, batched, refusedBatches                 *prometheus.Desc
 	retries, conflicts, refused, touches, codecError *prometheus.Desc
+	shared                                           *prometheus.Desc
 	decryptFailure                                   *prometheus.Desc
 	grants, leases, remembered                       *prometheus.Desc
 }
@@ -97,6 +101,7 @@ func NewCollector(store StatsSource, name string) prometheus.Collector {
 		refusedBatches: desc("batches_refused_total", "Batches that failed as a whole, whose calls were made again alone."),
 		retries:        desc("retries_total", "etcd requests tried again after a leader change or a lost connection."),
 		conflicts:      desc("commit_conflicts_total", "Commits made again on a newer revision: a concurrent commit of the session came first."),
+		shared:         desc("commits_shared_total", "Commits acknowledged with the write of a later concurrent commit of the session by the same store."),
 		refused:        desc("resurrections_refused_total", "Commits that wrote nothing: the session had been deleted."),
 		touches:        desc("touches_skipped_total", "Commits that wrote nothing: the session was unchanged and its expiry moved less than the touch interval."),
 		codecError:     desc("codec_errors_total", "Session data the codec could not decode: WithCodec is not the session manager's codec."),
@@ -153,6 +158,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.cache, st.CacheFallbacks, "fallback")
 	counter(c.retries, st.Retries)
 	counter(c.conflicts, st.CommitConflicts)
+	counter(c.shared, st.CommitsShared)
 	counter(c.refused, st.ResurrectionsRefused)
 	counter(c.touches, st.TouchesSkipped)
 	counter(c.codecError, st.CodecErrors)
