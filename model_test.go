@@ -59,9 +59,9 @@ var (
 	modelDuration = flag.Duration("model.duration", 0, "how long TestModel starts scenarios; 0: 10 s, 2 min with -model.long")
 )
 
-// modelOptions are given to every app server of TestModel, after its own.
-// the request bound: WithMaxRequestDuration(8 * time.Second) once it exists
-var modelOptions = []Option{}
+// modelOptions are given to every app server of TestModel, after its own:
+// the request bound.
+var modelOptions = []Option{WithMaxRequestDuration(modelBound)}
 
 const (
 	// modelBound is the request bound of modelOptions; requests are
