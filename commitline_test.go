@@ -251,30 +251,14 @@ func TestLinearizableBurst(t *testing.T) {
 			wg.Go(func() {
 				rng := rand.New(rand.NewPCG(seed, uint64(id)))
 				for n := range maxOps {
-					in := regInput{token: fmt.Sprint("t", done.Load()/burstTokenOps+int64(rng.IntN(2)))}
+					token := fmt.Sprint("t", done.Load()/burstTokenOps+int64(rng.IntN(2)))
 					timeout := 5 * time.Second
 					if rng.IntN(10) == 0 {
 						timeout = time.Duration(rng.IntN(3000)) * time.Microsecond
 					}
 					ctx, cancel := context.WithTimeout(context.Background(), timeout)
-					var out regOutput
-					call := h.now()
-					var err error
-					switch p := rng.IntN(100); {
-					case p < 50:
-						in.op, in.value = regCommit, fmt.Sprintf("c%d-%d", id, n)
-						err = s.CommitCtx(ctx, in.token, []byte(in.value), time.Now().Add(time.Hour))
-					case p < 55:
-						in.op = regDelete
-						err = s.DeleteCtx(ctx, in.token)
-					default:
-						in.op = regFind
-						var b []byte
-						b, _, err = s.FindCtx(ctx, in.token)
-						out.value = string(b)
-					}
+					h.randomOp(ctx, s, rng, id, n, token, 50, 5, time.Now().Add(time.Hour))
 					cancel()
-					h.add(id, in, out, call, err)
 					done.Add(1)
 				}
 			})

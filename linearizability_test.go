@@ -129,6 +129,32 @@ func (h *regHistory) now() int64 { return int64(time.Since(h.start)) }
 // add records an operation that was called at call and returned err. A
 // write that failed has an unknown outcome: it is kept, never returning.
 // A read that failed changed nothing and is dropped.
+// randomOp makes one random operation of client on token through s and
+// adds it to h: its n-th, a commit (of a value unique to client and n, to
+// expire at expiry) commitPct times in a hundred, a delete deletePct
+// times, and a find otherwise.
+func (h *regHistory) randomOp(ctx context.Context, s *EtcdStore, rng *rand.Rand, client, n int, token string, commitPct, deletePct int, expiry time.Time) error {
+	in := regInput{token: token}
+	var out regOutput
+	call := h.now()
+	var err error
+	switch p := rng.IntN(100); {
+	case p < commitPct:
+		in.op, in.value = regCommit, fmt.Sprintf("c%d-%d", client, n)
+		err = s.CommitCtx(ctx, in.token, []byte(in.value), expiry)
+	case p < commitPct+deletePct:
+		in.op = regDelete
+		err = s.DeleteCtx(ctx, in.token)
+	default:
+		in.op = regFind
+		var b []byte
+		b, _, err = s.FindCtx(ctx, in.token)
+		out.value = string(b)
+	}
+	h.add(client, in, out, call, err)
+	return err
+}
+
 func (h *regHistory) add(client int, in regInput, out regOutput, call int64, err error) {
 	ret := h.now()
 	if err != nil {
@@ -201,26 +227,10 @@ func TestLinearizableUnderLeaderLoss(t *testing.T) {
 					return
 				default:
 				}
-				in := regInput{token: fmt.Sprint("t", done.Load()/linTokenOps+int64(rng.IntN(3)))}
-				var out regOutput
+				token := fmt.Sprint("t", done.Load()/linTokenOps+int64(rng.IntN(3)))
 				ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-				call := h.now()
-				var err error
-				switch p := rng.IntN(100); {
-				case p < 40:
-					in.op, in.value = regCommit, fmt.Sprintf("c%d-%d", id, n)
-					err = s.CommitCtx(ctx, in.token, []byte(in.value), faultExpiry())
-				case p < 55:
-					in.op = regDelete
-					err = s.DeleteCtx(ctx, in.token)
-				default:
-					in.op = regFind
-					var b []byte
-					b, _, err = s.FindCtx(ctx, in.token)
-					out.value = string(b)
-				}
+				err := h.randomOp(ctx, s, rng, id, n, token, 40, 15, faultExpiry())
 				cancel()
-				h.add(id, in, out, call, err)
 				done.Add(1)
 				if err == nil && killed.Load() {
 					okAfter.Add(1)
