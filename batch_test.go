@@ -251,7 +251,7 @@ func TestBatchWithADeniedCommit(t *testing.T) {
 	client := authClient(t, srv, app.name, app.password)
 	// A batch is a Txn of nested Txns, and etcd checked no permission
 	// inside a nested Txn before 3.6.11 (3.5.27 does not either, 3.5.31
-	// does): go.mod's floor, 3.6.0, lets every commit of a batch through.
+	// does): go.mod's floor, 3.5.21, lets every commit of a batch through.
 	nested := clientv3.OpTxn(nil, []clientv3.Op{clientv3.OpPut(PrincipalIndexPrefix(prefix)+"probe", "")}, nil)
 	switch _, err := client.Txn(context.Background()).Then(nested).Commit(); {
 	case err == nil:

@@ -71,7 +71,7 @@ func hasGetStream(client *clientv3.Client) bool {
 // getStream reads the keys under prefix with client.GetStream(ctx,
 // prefix, clientv3.WithPrefix()), handing each chunk to each, and returns
 // the stream's error. It calls GetStream by reflection, so that the
-// benchmarks build with go.mod's etcd 3.6 client too: the channel's
+// benchmarks build with go.mod's etcd 3.5 client too: the channel's
 // elements are clientv3.RangeStreamResponse, a *pb.RangeResponse and an
 // Err method.
 func getStream(ctx context.Context, client *clientv3.Client, prefix string, each func(*pb.RangeResponse)) error {
