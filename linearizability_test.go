@@ -177,11 +177,11 @@ func checkLinearizable(t *testing.T, ops []porcupine.Operation) {
 		return
 	}
 	_, info := porcupine.CheckOperationsVerbose(registerModel, ops, linCheckTimeout)
-	path := filepath.Join(t.ArtifactDir(), "history.html")
+	path := filepath.Join(artifactDir(t), "history.html")
 	if err := porcupine.VisualizePath(registerModel, info, path); err != nil {
 		t.Logf("visualize: %v", err)
 	}
-	t.Fatalf("history of %d operations: %s, want %s (visualised in %s, kept with go test -artifacts)", len(ops), res, porcupine.Ok, path)
+	t.Fatalf("history of %d operations: %s, want %s (visualised in %s, %s)", len(ops), res, porcupine.Ok, path, artifactKept)
 }
 
 // TestLinearizableUnderLeaderLoss runs Commit, Delete and Find from four

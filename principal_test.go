@@ -371,7 +371,7 @@ func TestPlanDeletesTwoEntries(t *testing.T) {
 	}
 	found := false
 	for _, c := range batches[0].cmps {
-		pc := c.GetCompare()
+		pc := pbCompare(c)
 		found = found || (string(pc.Key) == "i/k1/t" && pc.GetCreateRevision() == 8)
 	}
 	if !found {

@@ -73,7 +73,7 @@ import (
 	"github.com/etcdstore/etcdstore/internal/embedetcd"
 	"github.com/etcdstore/etcdstore/internal/exampleapp"
 	"github.com/etcdstore/etcdstore/internal/naive"
-	"github.com/etcdstore/etcdstore/internal/redisstore"
+	"github.com/etcdstore/etcdstore/loadtest/internal/redisstore"
 	"github.com/redis/go-redis/v9"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"

@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/types"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/etcdserver"
 
 	"github.com/etcdstore/etcdstore/internal/faultproxy"
 )
@@ -181,7 +183,7 @@ func (c *Cluster) Leader() int {
 	deadline := time.Now().Add(leaderTimeout)
 	for {
 		for i, m := range c.Members {
-			if m.Etcd != nil && m.Etcd.Server.Leader() == m.Etcd.Server.MemberID() {
+			if m.Etcd != nil && m.Etcd.Server.Leader() == memberID(m.Etcd.Server) {
 				return i
 			}
 		}
@@ -248,7 +250,7 @@ func (c *Cluster) ClientProxy(i int) *faultproxy.Proxy {
 // still reach it.
 func (c *Cluster) Partition(i int) {
 	c.tb.Helper()
-	id := c.Members[i].Etcd.Server.MemberID().String()
+	id := memberID(c.Members[i].Etcd.Server).String()
 	for j, p := range c.peers {
 		if j == i {
 			p.Hold() // to i, from every member
@@ -293,4 +295,17 @@ func peerLabel(r *bufio.Reader) string {
 		}
 	}
 	return ""
+}
+
+// memberID is the member ID of s: EtcdServer.MemberID from etcd 3.6 on,
+// ID in 3.5 (go.mod's floor), asked by interface since neither method
+// builds with both.
+func memberID(s *etcdserver.EtcdServer) types.ID {
+	switch s := any(s).(type) {
+	case interface{ MemberID() types.ID }:
+		return s.MemberID()
+	case interface{ ID() types.ID }:
+		return s.ID()
+	}
+	panic("etcdtest: a member with no ID")
 }
