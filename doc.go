@@ -296,8 +296,9 @@
 // stopped for longer than the TTL, or a member lost the token in a
 // restart), the calls that time out say so and what to do, wrapping
 // rpctypes.ErrInvalidAuthToken, and count as Errors.Auth. A JWT token
-// (--auth-token jwt) expires after its TTL however it is used, so on
-// etcd 3.4 the keep-alive cannot keep one: use simple tokens there.
+// (--auth-token jwt) expires its TTL after it was made, however it is
+// used (server/auth/jwt.go sets "exp" when it assigns one), so on etcd
+// 3.4 the keep-alive cannot keep one: use simple tokens there.
 //
 // # Stats
 //

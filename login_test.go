@@ -124,8 +124,8 @@ func TestIdleLogin(t *testing.T) {
 }
 
 // idleLogin commits a session through s, waits idle, then finds and
-// commits it again, and reports whether that worked within a second
-// (want: it must), or returns the error of the Find (!want).
+// commits it again, which must work within 2 s, well within the store's
+// timeout (want), or returns the error of the Find (!want).
 func idleLogin(t *testing.T, s *EtcdStore, idle time.Duration, want bool) error {
 	t.Helper()
 	ctx := context.Background()
@@ -145,7 +145,7 @@ func idleLogin(t *testing.T, s *EtcdStore, idle time.Duration, want bool) error 
 	if err := s.CommitCtx(ctx, "tok", []byte("data 2"), expiry); err != nil {
 		t.Fatalf("Commit after %v idle: %v", idle, err)
 	}
-	if took := time.Since(start); took > time.Second {
+	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("Find and Commit after %v idle took %v", idle, took)
 	}
 	return nil
