@@ -20,6 +20,7 @@ import (
 // of the etcd requests, ErrClientClosed, and one for a stored value that
 // bears this store's envelope but does not decode.
 func (s *EtcdStore) AllCtx(ctx context.Context) (sessions map[string][]byte, err error) {
+	mustContext(ctx, "AllCtx")
 	defer s.stats.begin(&s.stats.alls, &s.stats.latency.all).end(&err)
 	if err := clientErr(s.client); err != nil {
 		return nil, fmt.Errorf("etcdstore: all: %w", err)

@@ -35,7 +35,16 @@ func startAuthEtcd(t *testing.T, users ...authUser) (*etcdtest.Server, *clientv3
 		cfg.AuthToken = "simple"
 		cfg.BcryptCost = authBcryptCost
 	})
-	admin := srv.Client(t)
+	setUpAuth(t, srv.Client(t), users...)
+	return srv, authClient(t, srv, "root", "root-password")
+}
+
+// setUpAuth adds, through admin, a client of an etcd with auth off, a
+// root user (password "root-password") with the root role, and the given
+// users, each with a role of its name that holds its permission, then
+// turns auth on.
+func setUpAuth(t *testing.T, admin *clientv3.Client, users ...authUser) {
+	t.Helper()
 	ctx := etcdtest.Context(t, 30*time.Second)
 	step := func(what string, _ any, err error) {
 		t.Helper()
@@ -61,7 +70,6 @@ func startAuthEtcd(t *testing.T, users ...authUser) (*etcdtest.Server, *clientv3
 	}
 	r4, err := admin.AuthEnable(ctx)
 	step("enable auth", r4, err)
-	return srv, authClient(t, srv, "root", "root-password")
 }
 
 // authClient returns a client of srv logged in as user.

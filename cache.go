@@ -2,6 +2,8 @@ package etcdstore
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -87,6 +90,30 @@ type readCache struct {
 	wg       sync.WaitGroup // barrier and progress requests
 
 	hits, misses atomic.Int64
+
+	// off, once set, says why the cache turned itself off for good: a
+	// server it cannot trust. decided is closed once it is set, or the
+	// copy is first in sync, or the cache is closed.
+	off         atomic.Pointer[cacheOffError]
+	decided     chan struct{}
+	decidedOnce sync.Once
+}
+
+// cacheOffError says why the read cache is off; it wraps ErrReadCacheOff.
+type cacheOffError struct{ reason string }
+
+func (e *cacheOffError) Error() string { return ErrReadCacheOff.Error() + ": " + e.reason }
+func (e *cacheOffError) Unwrap() error { return ErrReadCacheOff }
+
+// ErrReadCacheOff is wrapped by the error ReadCacheReady returns when the
+// read cache does not serve reads: the store was made without
+// WithReadCache, is closed, or turned the cache off for an etcd server
+// it cannot trust (the error names it, with its version).
+var ErrReadCacheOff = errors.New("etcdstore: read cache off")
+
+// decide closes decided, once.
+func (c *readCache) decide() {
+	c.decidedOnce.Do(func() { close(c.decided) })
 }
 
 // barrier is one linearizable revision request, shared by the reads that
@@ -102,7 +129,7 @@ type barrier struct {
 // to etcd until start and its first list.
 func newReadCache(client *clientv3.Client, keys keyspace, calls *retrier) *readCache {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &readCache{client: client, keys: keys, calls: calls, ctx: ctx, cancel: cancel, done: make(chan struct{}), changed: make(chan struct{})}
+	return &readCache{client: client, keys: keys, calls: calls, ctx: ctx, cancel: cancel, done: make(chan struct{}), changed: make(chan struct{}), decided: make(chan struct{})}
 }
 
 // start starts the goroutine that keeps the copy in sync.
@@ -129,9 +156,12 @@ func (c *readCache) close() {
 // etcd whose progress notifications it cannot trust.
 func (c *readCache) run(ctx context.Context) {
 	defer close(c.done)
+	defer c.decide()
 	v := versions{endpoints: make(map[string]bool), members: make(map[uint64]bool)}
 	for ctx.Err() == nil {
-		if !c.checkVersions(ctx, v) {
+		if off := c.checkVersions(ctx, v); off != nil {
+			c.off.Store(off)
+			c.decide()
 			return
 		}
 		if len(v.members) > 0 {
@@ -160,10 +190,11 @@ type versions struct {
 }
 
 // checkVersions asks each endpoint not yet checked its etcd version, and
-// records those it trusts; it reports false once one answers with a
-// version it does not trust. An endpoint that does not answer within an
-// attempt's share of the store's timeout is asked again next time.
-func (c *readCache) checkVersions(ctx context.Context, v versions) bool {
+// records those it trusts; it returns why the cache must stay off once
+// one answers with a version it does not trust, or refuses to tell its
+// version to the client's user. An endpoint that does not answer within
+// an attempt's share of the store's timeout is asked again next time.
+func (c *readCache) checkVersions(ctx context.Context, v versions) *cacheOffError {
 	for _, ep := range c.client.Endpoints() {
 		if v.endpoints[ep] {
 			continue
@@ -171,15 +202,18 @@ func (c *readCache) checkVersions(ctx context.Context, v versions) bool {
 		sctx, cancel := context.WithTimeout(ctx, c.calls.timeout/attemptShare)
 		st, err := c.client.Status(sctx, ep)
 		cancel()
+		if errors.Is(err, rpctypes.ErrPermissionDenied) {
+			return &cacheOffError{fmt.Sprintf("etcd at %s refuses its status, and so its version, to user %q: etcd 3.5.28 to 3.5.31 and 3.6.0 to 3.6.11 give it to the root role alone (etcd-io/etcd#21663; etcd PR #21666 gives it to any user from 3.5.32 and 3.6.12); upgrade etcd, or leave WithReadCache out", ep, c.client.Username)}
+		}
 		if err != nil {
 			continue
 		}
 		if !progressTrusted(st.Version) {
-			return false
+			return &cacheOffError{fmt.Sprintf("etcd at %s runs %s, whose progress notifications the cache does not trust (etcd#15220, etcd#17507): it needs 3.4.31, 3.5.13 or later; reads go to etcd", ep, st.Version)}
 		}
 		v.endpoints[ep], v.members[st.Header.MemberId] = true, true
 	}
-	return true
+	return nil
 }
 
 // progressTrusted reports whether an etcd server of version (as Status
@@ -227,6 +261,7 @@ func (c *readCache) list(ctx context.Context) (int64, error) {
 	c.values, c.rev, c.synced = values, rev, true
 	c.notifyLocked()
 	c.mu.Unlock()
+	c.decide()
 	return rev, nil
 }
 
@@ -278,6 +313,9 @@ func (c *readCache) notifyLocked() {
 // after the call, and reports false when it could not: the caller then
 // reads from etcd within what is left of rc's deadline.
 func (c *readCache) read(rc call, f func(values map[string]storedKV, rev int64)) bool {
+	if c.off.Load() != nil {
+		return false // off by design: not a fallback
+	}
 	c.mu.RLock()
 	synced := c.synced
 	c.mu.RUnlock()
@@ -402,4 +440,32 @@ func (c *readCache) requestProgress() {
 		// stream (clientv3 keys streams by the context's metadata).
 		c.client.RequestProgress(clientv3.WithRequireLeader(c.ctx))
 	})
+}
+
+// ReadCacheReady waits until the read cache (WithReadCache) has asked the
+// etcd servers their versions and, if it trusts them, read the sessions
+// once, or until ctx ends. It returns nil once the cache serves reads
+// from memory; an error wrapping ErrReadCacheOff that says why when the
+// cache turned itself off (an endpoint and its version, or a server that
+// refuses the client's user its status), when the store was made
+// without WithReadCache, or when it is closed; else ctx's error. An app
+// can log its answer at start: the cache turns itself off without a
+// word, and its reads then go to etcd.
+func (s *EtcdStore) ReadCacheReady(ctx context.Context) error {
+	mustContext(ctx, "ReadCacheReady")
+	if s.cache == nil {
+		return fmt.Errorf("%w: the store was made without WithReadCache", ErrReadCacheOff)
+	}
+	select {
+	case <-s.cache.decided:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if off := s.cache.off.Load(); off != nil {
+		return off
+	}
+	if s.cache.ctx.Err() != nil {
+		return fmt.Errorf("%w: the store is closed", ErrReadCacheOff)
+	}
+	return nil
 }

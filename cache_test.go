@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -284,15 +285,23 @@ func TestReadCacheFallback(t *testing.T) {
 	if all, err := s.All(); err != nil || len(all) != 1 {
 		t.Fatalf("All after Close = %v, %v", all, err)
 	}
-	if st := s.Stats(); st.CacheFallbacks != 2 {
-		t.Errorf("%d reads fell back to etcd after Close, want 2", st.CacheFallbacks)
+	if st := s.Stats(); st.CacheFallbacks != 2 || st.CacheOff {
+		t.Errorf("%d reads fell back to etcd after Close, CacheOff %v; want 2, false", st.CacheFallbacks, st.CacheOff)
+	}
+	if err := s.ReadCacheReady(ctxFor(t)); !errors.Is(err, ErrReadCacheOff) || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("ReadCacheReady after Close = %v, want ErrReadCacheOff: closed", err)
+	}
+	if err := NewWithPrefix(srv.Client(t), testPrefix(t)).ReadCacheReady(ctxFor(t)); !errors.Is(err, ErrReadCacheOff) || !strings.Contains(err.Error(), "without WithReadCache") {
+		t.Errorf("ReadCacheReady without WithReadCache = %v, want ErrReadCacheOff", err)
 	}
 }
 
 // TestReadCacheOnlyOnTrustedServers: on a server whose progress
 // notifications the cache cannot trust (Debian's etcd 3.4.23 among them,
-// when ETCDSTORE_TEST_ENDPOINTS points at it), the cache stays off and
-// every read goes to etcd; on others it serves.
+// when ETCDSTORE_TEST_ENDPOINTS points at it), the cache stays off, every
+// read goes to etcd, and the store says so: ReadCacheReady names the
+// server and its version, Stats.CacheOff is true, and no read counts as
+// a fallback; on others it serves.
 func TestReadCacheOnlyOnTrustedServers(t *testing.T) {
 	t.Parallel()
 	srv := etcdtest.Start(t)
@@ -306,19 +315,49 @@ func TestReadCacheOnlyOnTrustedServers(t *testing.T) {
 	if err := s.Commit("tok", []byte("x"), time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
+	ready := s.ReadCacheReady(ctxFor(t))
 	if !progressTrusted(st.Version) {
-		<-s.cache.done // it gives up at once
+		if want := "runs " + st.Version + ", whose progress notifications the cache does not trust"; !errors.Is(ready, ErrReadCacheOff) || !strings.Contains(ready.Error(), want) {
+			t.Errorf("ReadCacheReady on etcd %s = %v, want ErrReadCacheOff saying %q", st.Version, ready, want)
+		}
 		if _, found, err := s.Find("tok"); err != nil || !found {
 			t.Fatalf("Find on etcd %s = %v, %v", st.Version, found, err)
 		}
-		if got := s.Stats(); got.CacheReads != 0 || got.CacheFallbacks != 1 {
-			t.Errorf("etcd %s: %d reads from the cache, %d fallbacks; want 0 and 1", st.Version, got.CacheReads, got.CacheFallbacks)
+		if got := s.Stats(); got.CacheReads != 0 || got.CacheFallbacks != 0 || !got.CacheOff {
+			t.Errorf("etcd %s: %d reads from the cache, %d fallbacks, CacheOff %v; want 0, 0, true", st.Version, got.CacheReads, got.CacheFallbacks, got.CacheOff)
 		}
 		return
 	}
+	if ready != nil {
+		t.Errorf("ReadCacheReady on etcd %s = %v", st.Version, ready)
+	}
 	synced(t, s)
-	if _, found, err := s.Find("tok"); err != nil || !found || s.Stats().CacheReads != 1 {
-		t.Errorf("etcd %s: Find = %v, %v, %d from the cache; want it from the cache", st.Version, found, err, s.Stats().CacheReads)
+	if _, found, err := s.Find("tok"); err != nil || !found || s.Stats().CacheReads != 1 || s.Stats().CacheOff {
+		t.Errorf("etcd %s: Find = %v, %v, %d from the cache, CacheOff %v; want it from the cache", st.Version, found, err, s.Stats().CacheReads, s.Stats().CacheOff)
+	}
+}
+
+// TestReadCacheOffOnRealServers: TestReadCacheOnlyOnTrustedServers against
+// each etcd daemon of etcdtest.Daemons (Debian's etcd 3.4.23 by default),
+// the way the example's -cache meets it: the cache's refusal names the
+// server and its version.
+func TestReadCacheOffOnRealServers(t *testing.T) {
+	t.Parallel()
+	for _, bin := range etcdtest.Daemons(t) {
+		endpoint, version := etcdtest.StartDaemon(t, bin)
+		s := NewWithPrefix(etcdtest.NewClient(t, clientv3.Config{Endpoints: []string{endpoint}}), testPrefix(t), WithReadCache())
+		t.Cleanup(func() { s.Close() })
+		err := s.ReadCacheReady(ctxFor(t))
+		if progressTrusted(version) {
+			if err != nil {
+				t.Errorf("ReadCacheReady on etcd %s = %v", version, err)
+			}
+			continue
+		}
+		want := "etcdstore: read cache off: etcd at " + endpoint + " runs " + version + ", whose progress notifications the cache does not trust (etcd#15220, etcd#17507): it needs 3.4.31, 3.5.13 or later"
+		if !errors.Is(err, ErrReadCacheOff) || !strings.Contains(err.Error(), want) || !s.Stats().CacheOff {
+			t.Errorf("ReadCacheReady on etcd %s = %v, CacheOff %v; want ErrReadCacheOff saying %q", version, err, s.Stats().CacheOff, want)
+		}
 	}
 }
 

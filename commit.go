@@ -78,6 +78,7 @@ import (
 // passed before etcd answered; the session may then have been written or
 // not. Other errors are those of the etcd requests.
 func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expiry time.Time) (err error) {
+	mustContext(ctx, "CommitCtx")
 	defer s.stats.begin(&s.stats.commits, &s.stats.latency.commit).end(&err)
 	if !validToken(token) {
 		return fmt.Errorf("etcdstore: commit: token of %d bytes is longer than MaxTokenLen (%d)", len(token), MaxTokenLen)

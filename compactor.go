@@ -35,9 +35,10 @@ const CompactorKey = "etcdstore/compactor"
 // or whose operator has not set --auto-compaction-retention, which does
 // the same from inside etcd and is the better choice where you run etcd
 // yourself. With etcd authentication on, the user needs readwrite on
-// CompactorKey; compaction itself needs no role (etcd v3.7
-// server/etcdserver/apply/auth_test.go: "Compaction does not need admin
-// permission").
+// CompactorKey, and, on etcd 3.5.31, 3.6.9, 3.7 and later, the root role
+// to compact (server/etcdserver/api/v3rpc/key.go, kvServer.Compact,
+// checks admin permission since those releases; etcd 3.4 compacts for
+// any user); a refusal's error says which.
 //
 // interval must be positive; etcd's history then spans one to two
 // intervals. A failed request is tried again at the next interval, since
@@ -46,6 +47,7 @@ const CompactorKey = "etcdstore/compactor"
 // RunCompactor returns at once, with an error, for an interval that is not
 // positive.
 func RunCompactor(ctx context.Context, client *clientv3.Client, interval time.Duration, report func(error)) error {
+	mustContext(ctx, "RunCompactor")
 	if interval <= 0 {
 		return fmt.Errorf("etcdstore: compactor: interval %v is not positive", interval)
 	}
@@ -80,6 +82,9 @@ func compactOnce(ctx context.Context, client *clientv3.Client, version, rev int6
 		Else(clientv3.OpGet(CompactorKey)).
 		Commit()
 	if err != nil {
+		if errors.Is(err, rpctypes.ErrPermissionDenied) {
+			return version, rev, fmt.Errorf("etcdstore: compactor: etcd user %q may not write the compactor's key %q: grant its role readwrite on it (etcdctl role grant-permission ROLE readwrite %s): %w", client.Username, CompactorKey, CompactorKey, err)
+		}
 		return version, rev, fmt.Errorf("etcdstore: compactor: %w", err)
 	}
 	if !resp.Succeeded {
@@ -94,6 +99,10 @@ func compactOnce(ctx context.Context, client *clientv3.Client, version, rev int6
 		// A server that compacted at a later revision already did this
 		// one's work: ErrCompacted is no failure.
 		if _, err := client.Compact(ctx, rev); err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+			if errors.Is(err, rpctypes.ErrPermissionDenied) {
+				err = fmt.Errorf("etcdstore: compactor: compact at revision %d: etcd refused it to user %q: etcd 3.5.31, 3.6.9, 3.7 and later compact only for a user with the root role; run RunCompactor with a client of such a user, or set etcd's --auto-compaction-retention instead: %w", rev, client.Username, err)
+				return version + 1, resp.Header.Revision, err
+			}
 			err = fmt.Errorf("etcdstore: compactor: compact at revision %d: %w", rev, err)
 			return version + 1, resp.Header.Revision, err
 		}

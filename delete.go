@@ -19,6 +19,7 @@ import (
 // session can have (longer than MaxTokenLen) makes no request and returns
 // nil. Errors are those of the etcd requests, and ErrClientClosed.
 func (s *EtcdStore) DeleteCtx(ctx context.Context, token string) (err error) {
+	mustContext(ctx, "DeleteCtx")
 	defer s.stats.begin(&s.stats.deletes, &s.stats.latency.delete).end(&err)
 	if !validToken(token) {
 		return nil

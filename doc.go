@@ -156,8 +156,11 @@
 // in sync, reads go to etcd. What the store remembers per token (above)
 // is recorded from the copy as from a Get. The cache stays off on etcd
 // servers older than 3.4.31 or 3.5.13, whose progress notifications
-// Kubernetes does not trust (etcd#15220, etcd#17507, KEP-2340). Close
-// stops its watch.
+// Kubernetes does not trust (etcd#15220, etcd#17507, KEP-2340), and on a
+// server that refuses to tell the client's user its version (etcd 3.5.28
+// to 3.5.31 and 3.6.0 to 3.6.11 tell it to the root role alone);
+// ReadCacheReady says why, Stats.CacheOff that it is off. Close stops
+// its watch.
 //
 // # Group commit and batched reads
 //
@@ -270,11 +273,39 @@
 // Errors that trying again cannot fix return at once: permission denied,
 // too large, out of space, a canceled context, a closed client.
 //
+// # Authentication
+//
+// With etcd authentication on, give the client a user whose role has
+// readwrite on the store's prefix and, with WithPrincipal, on
+// PrincipalIndexPrefix(prefix); RunCompactor also needs CompactorKey. A
+// refusal's error names the user, the prefixes to grant and the etcdctl
+// command; a client that does not log in is told to.
+//
+// A client made with a Username and Password logs in once and sends its
+// token with every request. etcd forgets a simple token (its default
+// kind) that no request to a member has carried for --auth-token-ttl
+// (300 s by default). etcd 3.5 and later let the client log in again
+// within the request; etcd 3.4 refuses that login too, since the client
+// sends its expired token with it, and the client tries again until the
+// request's deadline (etcd-io/etcd#13413): every request then fails, until
+// the app makes a new client. So a store on a client that logs in keeps
+// the token in use: one serializable count-only read of one key per
+// endpoint every WithAuthKeepAlive interval (1 minute by default; keep it
+// below --auth-token-ttl), in a goroutine that Close, or the client's
+// Close, ends. Should etcd 3.4 refuse the token all the same (the app was
+// stopped for longer than the TTL, or a member lost the token in a
+// restart), the calls that time out say so and what to do, wrapping
+// rpctypes.ErrInvalidAuthToken, and count as Errors.Auth. A JWT token
+// (--auth-token jwt) expires its TTL after it was made, however it is
+// used (server/auth/jwt.go sets "exp" when it assigns one), so on etcd
+// 3.4 the keep-alive cannot keep one: use simple tokens there.
+//
 // # Stats
 //
 // Stats returns counts of calls, skipped touches, refused resurrections,
-// commit conflicts, codec errors, lease grants, retries and errors by
-// kind, and latency histograms by method, for an operator's dashboard;
+// commit conflicts, codec errors, lease grants, retries, errors by kind
+// (refusals by etcd authentication under Auth), whether the read cache is
+// off, and latency histograms by method, for an operator's dashboard;
 // the package etcdstoreprom exports them to Prometheus, as the example
 // app does.
 //
@@ -283,7 +314,13 @@
 // Errors begin with "etcdstore:" and wrap their cause, so errors.Is works
 // with context.Canceled, context.DeadlineExceeded (the call's deadline
 // passed; a commit may then have been written or not) and the etcd client's
-// rpctypes errors (for example rpctypes.ErrPermissionDenied). Following
-// SCS's Store contract, a missing, expired or malformed token is not an
-// error: Find returns found == false.
+// rpctypes errors (for example rpctypes.ErrPermissionDenied), and say
+// what to fix where the store can tell (see Authentication, Space).
+// Following SCS's Store contract, a missing, expired or malformed token
+// is not an error: Find returns found == false.
+//
+// Programming errors panic at once, with the package's prefix and what
+// to do: a nil client, a prefix that is empty or overlaps the keys the
+// stores keep for themselves (CheckPrefix), WithPrincipal(""), a bad
+// encryption key, and a nil context given to any method.
 package etcdstore

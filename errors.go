@@ -1,6 +1,7 @@
 package etcdstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -101,4 +102,72 @@ func commitError(err error) error {
 		return fmt.Errorf("etcdstore: commit: etcd is out of space (its database reached --quota-backend-bytes and it raised the NOSPACE alarm); compact its history (etcdctl compact), defragment (etcdctl defrag), then run etcdctl alarm disarm, and turn on auto-compaction: %w", err)
 	}
 	return fmt.Errorf("etcdstore: commit: %w", err)
+}
+
+// explain returns err, the error of a call, with what to fix when etcd
+// refused the call for authentication: the user and the ranges its role
+// needs on permission denied, the login on a missing or refused one, and
+// the login's diagnosis of a token etcd refuses for good (login.go) on a
+// call that timed out.
+func (s *EtcdStore) explain(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, rpctypes.ErrPermissionDenied):
+		return fmt.Errorf("%w (%s)", err, s.permissionHint())
+	case errors.Is(err, rpctypes.ErrUserEmpty):
+		return fmt.Errorf("%w (etcd has authentication on, and the client logs in as no one: give clientv3.Config a Username and Password, or a client certificate whose common name is an etcd user)", err)
+	case errors.Is(err, rpctypes.ErrAuthFailed):
+		return fmt.Errorf("%w (etcd refused the login of user %q when the client logged in again: was its password changed, or the user deleted? Make a client with the current password)", err, s.client.Username)
+	case errors.Is(err, rpctypes.ErrAuthNotEnabled):
+		return fmt.Errorf("%w (the client logs in as user %q, and etcd has authentication off)", err, s.client.Username)
+	case s.login != nil:
+		return s.login.explain(err)
+	}
+	return err
+}
+
+// permissionHint says who was refused and what its role needs: readwrite
+// on the store's prefix and, with WithPrincipal, on its index's.
+func (s *EtcdStore) permissionHint() string {
+	who := fmt.Sprintf("etcd user %q", s.client.Username)
+	if s.client.Username == "" {
+		who = "the client's etcd user (its certificate's common name)"
+	}
+	ranges := fmt.Sprintf("the store's prefix %q", s.keys.prefix)
+	if s.index != nil {
+		ranges += fmt.Sprintf(" and its principal index's prefix %q", s.index.prefix)
+	}
+	return fmt.Sprintf("%s may not read or write a key the store needs: grant its role readwrite on %s (etcdctl role grant-permission ROLE readwrite --prefix=true PREFIX)", who, ranges)
+}
+
+// CheckPrefix returns why prefix cannot be a store's key prefix, or nil.
+// A prefix may not be empty, which would make All span the whole etcd
+// keyspace, and its range of keys (every key that begins with it) may
+// not overlap the keys the stores keep for themselves: it may neither
+// cover nor lie under PrincipalIndexRoot, where the principal indexes
+// are, nor cover CompactorKey; else All would read index entries or the
+// compactor's key as sessions, or sessions would mix with index entries.
+// NewWithPrefix panics with this error's message; an app that takes the
+// prefix from its configuration can check it first.
+func CheckPrefix(prefix string) error {
+	switch {
+	case prefix == "":
+		return fmt.Errorf("etcdstore: empty prefix: it would make All span the whole etcd keyspace; give a prefix that ends in a separator, as the default %q does", DefaultPrefix)
+	case strings.HasPrefix(PrincipalIndexRoot, prefix):
+		return fmt.Errorf("etcdstore: prefix %q covers the principal indexes under %q: All would read their entries as sessions; choose a prefix that %q does not begin with, such as %q", prefix, PrincipalIndexRoot, PrincipalIndexRoot, "etcdstore/sessions/")
+	case strings.HasPrefix(prefix, PrincipalIndexRoot):
+		return fmt.Errorf("etcdstore: prefix %q lies under %q, where the stores keep their principal indexes: its sessions would mix with index entries; choose a prefix outside it", prefix, PrincipalIndexRoot)
+	case strings.HasPrefix(CompactorKey, prefix):
+		return fmt.Errorf("etcdstore: prefix %q covers the compactor's key %q (CompactorKey): All would read it as a session; choose a longer or another prefix", prefix, CompactorKey)
+	}
+	return nil
+}
+
+// mustContext panics, as the context package does on a nil parent, when
+// a method is given a nil context.
+func mustContext(ctx context.Context, method string) {
+	if ctx == nil {
+		panic("etcdstore: " + method + " called with a nil Context: pass context.Background() or the request's context")
+	}
 }

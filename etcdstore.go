@@ -46,6 +46,7 @@ type EtcdStore struct {
 	batches *batching       // concurrent calls' shared requests, or nil (batch.go)
 	lines   commitLines     // commits in flight, by token (commitline.go)
 	sealer  *sealer         // WithEncryption, or nil (crypt.go)
+	login   *login          // the keep-alive of a client that logs in, or nil (login.go)
 	codec   scs.Codec
 	touch   time.Duration    // WithTouchInterval, or 0
 	request time.Duration    // WithMaxRequestDuration
@@ -54,28 +55,31 @@ type EtcdStore struct {
 }
 
 // New returns a store that keeps sessions in etcd through client, under
-// the prefix "scs:session:". It makes no request, but with WithReadCache
-// starts the cache's goroutine. It panics if client is nil.
+// the prefix "scs:session:". It makes no request, but starts the
+// goroutines of the read cache (WithReadCache) and of the keep-alive of a
+// client that logs in (WithAuthKeepAlive). It panics if client is nil.
 func New(client *clientv3.Client, opts ...Option) *EtcdStore {
 	return NewWithPrefix(client, DefaultPrefix, opts...)
 }
 
 // NewWithPrefix returns a store that keeps sessions in etcd through
-// client, under the given key prefix. It makes no request, but with
-// WithReadCache starts the cache's goroutine, which reads etcd.
+// client, under the given key prefix. It makes no request, but starts the
+// goroutines of the read cache (WithReadCache) and of the keep-alive of a
+// client that logs in (WithAuthKeepAlive), which read etcd; Close stops
+// them.
 //
 // All and AllCtx list every key that begins with prefix, so two stores on
 // one cluster must not have prefixes that are prefixes of one another
 // ("app:" and "app:admin:" are; "app:user:" and "app:admin:" are not): end
 // each prefix with a separator such as ':'. NewWithPrefix panics if client
-// is nil or prefix is empty, since an empty prefix would span the whole
-// keyspace.
+// is nil, or if prefix is empty or overlaps the keys the stores keep for
+// themselves (see CheckPrefix).
 func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *EtcdStore {
 	if client == nil {
 		panic("etcdstore: nil client")
 	}
-	if prefix == "" {
-		panic("etcdstore: empty prefix: it would make All span the whole etcd keyspace")
+	if err := CheckPrefix(prefix); err != nil {
+		panic(err.Error())
 	}
 	var o options
 	for _, opt := range opts {
@@ -103,20 +107,34 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 	if !o.noBatching {
 		s.batches = newBatching(client)
 	}
+	s.stats.explain = s.explain
+	// Every field is set before a goroutine starts: the cache's uses
+	// s.calls.
+	if s.login = newLogin(client, prefix, o.keepAlive, o.timeout/attemptShare); s.login != nil {
+		s.calls.stalled = s.login.stalled
+	}
 	if o.cache {
 		s.cache = newReadCache(client, s.keys, s.calls)
 		s.cache.start()
+	}
+	if s.login != nil {
+		s.login.start()
 	}
 	return s
 }
 
 // Close stops what the store runs in the background: the watch of
-// WithReadCache. It does not close the etcd client. The store keeps
-// working after Close, reading from etcd. Close is safe to call more
-// than once, and on a store without a read cache.
+// WithReadCache, and the keep-alive of a client that logs in
+// (WithAuthKeepAlive), which otherwise ends when the client is closed. It
+// does not close the etcd client. The store keeps working after Close,
+// reading from etcd, though its client's token may then expire. Close is
+// safe to call more than once, and on a store that runs nothing.
 func (s *EtcdStore) Close() error {
 	if s.cache != nil {
 		s.cache.close()
+	}
+	if s.login != nil {
+		s.login.close()
 	}
 	return nil
 }

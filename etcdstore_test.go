@@ -363,16 +363,16 @@ func TestConstructors(t *testing.T) {
 // default; the others stay as set.
 func TestWithDefaults(t *testing.T) {
 	codec := scs.GobCodec{}
-	defaults := options{maxKeys: 1000, pageSize: 1000, codec: codec, remembered: 100_000, timeout: 5 * time.Second, request: 5 * time.Minute}
+	defaults := options{maxKeys: 1000, pageSize: 1000, codec: codec, remembered: 100_000, timeout: 5 * time.Second, request: 5 * time.Minute, keepAlive: time.Minute}
 	for _, tc := range []struct {
 		name string
 		in   options
 		want options
 	}{
 		{"none", options{}, defaults},
-		{"negative", options{bucket: -1, maxKeys: -1, pageSize: -1, touch: -1, remembered: -1, timeout: -1, request: -1}, defaults},
-		{"set", options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true, request: time.Second},
-			options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true, request: time.Second}},
+		{"negative", options{bucket: -1, maxKeys: -1, pageSize: -1, touch: -1, remembered: -1, timeout: -1, request: -1, keepAlive: -1}, defaults},
+		{"set", options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true, request: time.Second, keepAlive: 2 * time.Second},
+			options{bucket: time.Minute, maxKeys: 10, pageSize: 20, touch: time.Second, codec: codec, remembered: 30, timeout: time.Hour, principal: "user", cache: true, request: time.Second, keepAlive: 2 * time.Second}},
 	} {
 		if got := tc.in.withDefaults(); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%s: withDefaults() = %+v, want %+v", tc.name, got, tc.want)

@@ -27,6 +27,7 @@ import (
 // passed, ErrClientClosed, and an error for a stored value that bears
 // this store's envelope but does not decode.
 func (s *EtcdStore) FindCtx(ctx context.Context, token string) (data []byte, found bool, err error) {
+	mustContext(ctx, "FindCtx")
 	defer s.stats.begin(&s.stats.finds, &s.stats.latency.find).end(&err)
 	if !validToken(token) {
 		return nil, false, nil

@@ -24,6 +24,7 @@ type options struct {
 	noBatching bool          // WithBatching(false)
 	keys       [][]byte      // WithEncryption; nil: none
 	request    time.Duration // WithMaxRequestDuration
+	keepAlive  time.Duration // WithAuthKeepAlive
 }
 
 // The defaults of the options.
@@ -73,6 +74,9 @@ func (o options) withDefaults() options {
 	}
 	if o.request <= 0 {
 		o.request = defaultMaxRequestDuration
+	}
+	if o.keepAlive <= 0 {
+		o.keepAlive = defaultAuthKeepAlive
 	}
 	return o
 }
@@ -192,7 +196,14 @@ func WithMaxRequestDuration(d time.Duration) Option {
 // Find decodes the session too, to know what to remove from the index
 // when the session changes hands or is deleted, and a commit of a session
 // with a principal is one Txn that writes two keys.
+//
+// It panics, as the constructors do on bad configuration, if key is
+// empty: no session value is named "", so no session would have a
+// principal.
 func WithPrincipal(key string) Option {
+	if key == "" {
+		panic(`etcdstore: WithPrincipal(""): name the session key that holds the principal, such as "userID", the key the app puts the user's ID under at login`)
+	}
 	return func(o *options) { o.principal = key }
 }
 
@@ -257,7 +268,29 @@ func WithBatching(on bool) Option {
 // The store starts a goroutine for the watch, which first asks every
 // endpoint its etcd version; Close stops it. The cache turns itself off,
 // and reads go to etcd, on servers older than 3.4.31 or 3.5.13, whose
-// progress notifications it cannot trust.
+// progress notifications it cannot trust, and on one that refuses the
+// client's user its version; ReadCacheReady says why, and Stats.CacheOff
+// (etcdstoreprom's etcdstore_cache_off) that it is off.
 func WithReadCache() Option {
 	return func(o *options) { o.cache = true }
+}
+
+// WithAuthKeepAlive sets how often the store keeps the etcd client's
+// auth token in use, on a client that logs in with a user name and
+// password (clientv3.Config.Username and Password): each interval d, one
+// serializable count-only read of one key of the store's prefix per
+// endpoint of the client, which the client's balancer spreads over them.
+// etcd forgets a simple token (its default kind) that no request to a
+// member carried for --auth-token-ttl (300 s by default), and etcd 3.4
+// then refuses the client's requests until the app makes a new client
+// (etcd-io/etcd#13413; see Authentication in the package documentation).
+// Keep d below the servers' --auth-token-ttl, with room for a read that
+// is slow. Zero or negative means the default, 1 minute, a fifth of
+// etcd's default TTL.
+//
+// The keep-alive runs in a goroutine of the store's from New until Close
+// or until the client is closed. A store on a client that does not log
+// in (no auth, or a client certificate's common name) starts none.
+func WithAuthKeepAlive(d time.Duration) Option {
+	return func(o *options) { o.keepAlive = d }
 }

@@ -181,6 +181,7 @@ type indexEntry struct {
 // ErrNoPrincipal when the store was made without WithPrincipal, and
 // ErrClientClosed.
 func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (sessions map[string][]byte, err error) {
+	mustContext(ctx, "FindByPrincipal")
 	defer s.stats.begin(&s.stats.findsByPrincipal, &s.stats.latency.findByPrincipal).end(&err)
 	if s.index == nil {
 		return nil, errNoPrincipal("FindByPrincipal")
@@ -235,6 +236,7 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (sess
 // The tokens in except are the store's: with HashTokenInStore, pass
 // StoreToken(sm, sm.Token(ctx)), not the token the app has.
 func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, except ...string) (deleted int, err error) {
+	mustContext(ctx, "DeleteByPrincipal")
 	defer s.stats.begin(&s.stats.deletesByPrincipal, &s.stats.latency.deleteByPrincipal).end(&err)
 	if s.index == nil {
 		return 0, errNoPrincipal("DeleteByPrincipal")

@@ -64,6 +64,9 @@ type retrier struct {
 	timeout time.Duration // WithTimeout
 	clock   clock
 	retries atomic.Int64 // attempts made again, for Stats
+	// stalled, if set, is called when an attempt times out: a client
+	// that logs in then asks whether etcd refuses its token (login.go).
+	stalled func()
 }
 
 // clock is the time the retrier reads and waits on; tests give it one that
@@ -140,6 +143,9 @@ func (r *retrier) do(c call, attempt func(ctx context.Context) error) error {
 		cancel()
 		if err == nil {
 			return nil
+		}
+		if r.stalled != nil && errors.Is(err, context.DeadlineExceeded) {
+			r.stalled()
 		}
 		if c.ctx.Err() != nil || !r.clock.Now().Before(c.deadline) {
 			return callError(c.ctx, err, n)

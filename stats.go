@@ -79,8 +79,12 @@ type Stats struct {
 	RefusedBatches                int64
 	// CacheReads counts the Finds and Alls that the read cache answered
 	// (WithReadCache); CacheFallbacks those it could not, which read
-	// from etcd: the cache was not in sync, or off on an old server.
+	// from etcd: the cache was not in sync. CacheOff is true once the
+	// cache has turned itself off for good, on a server it cannot trust
+	// (ReadCacheReady says which): its reads then go to etcd and are not
+	// counted as fallbacks.
 	CacheReads, CacheFallbacks int64
+	CacheOff                   bool
 	// Errors counts the calls that returned an error, by kind.
 	Errors ErrorStats
 	// Latency is how long the calls took, by method, errors included.
@@ -93,7 +97,13 @@ type ErrorStats struct {
 	NoSpace  int64 // etcd out of space (rpctypes.ErrNoSpace)
 	TooLarge int64 // a session too large for etcd (ErrValueTooLarge)
 	// Auth counts refusals by etcd authentication: permission denied,
-	// an invalid or expired token, failed authentication.
+	// no user, a wrong password, auth not enabled, an auth revision
+	// changed under the request, and a token etcd refuses (invalid or
+	// expired). On etcd before 3.5, a token that expired makes every
+	// request time out (see Authentication in the package
+	// documentation); once the store has told that cause, two fifths
+	// of WithTimeout into the first call that meets it, the calls that
+	// time out count here, not as Timeout.
 	Auth     int64
 	Corrupt  int64 // a stored value that does not decode
 	Canceled int64 // the caller's context was canceled, or the client closed
@@ -138,6 +148,9 @@ type stats struct {
 	noSpace, tooLarge, auth, corrupt     atomic.Int64
 	canceled, timeout, other             atomic.Int64
 	latency                              struct{ find, commit, delete, all, findByPrincipal, deleteByPrincipal histogram }
+	// explain, if set, adds to a call's error what to fix (the store's
+	// explain, errors.go), before it is counted.
+	explain func(error) error
 }
 
 // histogram counts durations into LatencyBuckets, and those above.
@@ -184,9 +197,13 @@ func (c *stats) begin(n *atomic.Int64, h *histogram) timing {
 	return timing{c: c, h: h, start: time.Now()}
 }
 
-// end records the call's duration, and its error, if not nil, by kind.
+// end records the call's duration, and its error, if not nil, by kind,
+// once explain has added what to fix to it.
 func (t timing) end(err *error) {
 	t.h.observe(time.Since(t.start))
+	if *err != nil && t.c.explain != nil {
+		*err = t.c.explain(*err)
+	}
 	t.c.failed(*err)
 }
 
@@ -201,7 +218,8 @@ func (c *stats) failed(err error) error {
 	case errors.Is(err, ErrValueTooLarge):
 		n = &c.tooLarge
 	case errors.Is(err, rpctypes.ErrPermissionDenied), errors.Is(err, rpctypes.ErrInvalidAuthToken),
-		errors.Is(err, rpctypes.ErrAuthFailed), errors.Is(err, rpctypes.ErrUserEmpty):
+		errors.Is(err, rpctypes.ErrAuthFailed), errors.Is(err, rpctypes.ErrUserEmpty),
+		errors.Is(err, rpctypes.ErrAuthNotEnabled), errors.Is(err, rpctypes.ErrAuthOldRevision):
 		n = &c.auth
 	case errors.Is(err, errCorrupt):
 		n = &c.corrupt
@@ -258,6 +276,7 @@ func (s *EtcdStore) Stats() Stats {
 	}
 	if s.cache != nil {
 		st.CacheReads, st.CacheFallbacks = s.cache.hits.Load(), s.cache.misses.Load()
+		st.CacheOff = s.cache.off.Load() != nil
 	}
 	if b := s.batches; b != nil {
 		st.CommitBatches, st.BatchedCommits = b.commits.counts.batches.Load(), b.commits.counts.calls.Load()

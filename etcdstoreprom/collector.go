@@ -55,8 +55,14 @@
 //	                                       rate: a session outside the user's
 //	                                       permissions, or a low --max-request-bytes.
 //	etcdstore_cache_reads_total{result}    counter: Finds and Alls by whether the read
-//	                                       cache answered (hit) or etcd did (fallback).
-//	                                       Alert on fallbacks rising with WithReadCache on.
+//	                                       cache answered (hit) or etcd did (fallback:
+//	                                       the cache was not in sync). Alert on fallbacks
+//	                                       rising with WithReadCache on.
+//	etcdstore_cache_off                    gauge: 1 once the read cache has turned itself
+//	                                       off on an etcd it cannot trust (before 3.4.31
+//	                                       or 3.5.13, or one that refuses the user its
+//	                                       status; EtcdStore.ReadCacheReady says which):
+//	                                       reads go to etcd, and count as no fallback.
 //
 // The etcdstore package itself does not import Prometheus.
 package etcdstoreprom
@@ -76,7 +82,7 @@ type StatsSource interface {
 type collector struct {
 	store StatsSource
 
-	calls, duration, errors, cache                   *prometheus.Desc
+	calls, duration, errors, cache, cacheOff         *prometheus.Desc
 	batches, batched, refusedBatches                 *prometheus.Desc
 	retries, conflicts, refused, touches, codecError *prometheus.Desc
 	shared                                           *prometheus.Desc
@@ -96,6 +102,7 @@ func NewCollector(store StatsSource, name string) prometheus.Collector {
 		duration:       desc("call_duration_seconds", "Durations of the session store's calls, by method, errors included.", "method"),
 		errors:         desc("errors_total", "Calls of the session store that returned an error, by kind.", "kind"),
 		cache:          desc("cache_reads_total", "Finds and Alls by whether the read cache answered them (hit) or etcd did (fallback).", "result"),
+		cacheOff:       desc("cache_off", "1 once the read cache has turned itself off on an etcd server it cannot trust: reads go to etcd, and count as no fallback."),
 		batches:        desc("batches_total", "Requests that carried several commits or Finds, by kind.", "kind"),
 		batched:        desc("batched_calls_total", "The commits and Finds the batches carried, by kind.", "kind"),
 		refusedBatches: desc("batches_refused_total", "Batches that failed as a whole, whose calls were made again alone."),
@@ -166,6 +173,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.grants, st.LeaseGrants)
 	gauge(c.leases, st.Leases)
 	gauge(c.remembered, st.RememberedTokens)
+	off := 0
+	if st.CacheOff {
+		off = 1
+	}
+	gauge(c.cacheOff, off)
 }
 
 // buckets returns h's cumulative buckets by upper bound in seconds.

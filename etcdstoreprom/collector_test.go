@@ -88,3 +88,28 @@ etcdstore_remembered_tokens{store="sessions"} 1
 	}
 	t.Error("no etcdstore_call_duration_seconds")
 }
+
+// fakeStats is a StatsSource of fixed Stats.
+type fakeStats etcdstore.Stats
+
+func (f fakeStats) Stats() etcdstore.Stats { return etcdstore.Stats(f) }
+
+// TestCollectorCacheOff: etcdstore_cache_off is 1 once the read cache
+// has turned itself off, 0 otherwise, so that an alert on fallbacks
+// need not fire on a server too old for the cache.
+func TestCollectorCacheOff(t *testing.T) {
+	for _, off := range []bool{false, true} {
+		want := "0"
+		if off {
+			want = "1"
+		}
+		c := etcdstoreprom.NewCollector(fakeStats{CacheOff: off}, "sessions")
+		exp := `
+# HELP etcdstore_cache_off 1 once the read cache has turned itself off on an etcd server it cannot trust: reads go to etcd, and count as no fallback.
+# TYPE etcdstore_cache_off gauge
+etcdstore_cache_off{store="sessions"} ` + want + "\n"
+		if err := testutil.CollectAndCompare(c, strings.NewReader(exp), "etcdstore_cache_off"); err != nil {
+			t.Errorf("CacheOff %v: %v", off, err)
+		}
+	}
+}

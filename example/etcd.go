@@ -6,7 +6,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,17 +24,13 @@ import (
 	"github.com/etcdstore/etcdstore/internal/embedetcd"
 )
 
-// dialTimeout bounds the client's login to etcd (-user), which
-// clientv3.New makes before it returns, unless the wait for etcd is
-// shorter.
-const dialTimeout = 5 * time.Second
-
-// loginTimeout is how long clientv3.New may wait for the login.
-func loginTimeout(cfg config) time.Duration {
+// startWait is how long the app waits for etcd at startup, login and
+// first read together: cfg.wait, or etcdTimeout.
+func startWait(cfg config) time.Duration {
 	if cfg.wait > 0 {
-		return min(cfg.wait, dialTimeout)
+		return cfg.wait
 	}
-	return dialTimeout
+	return etcdTimeout
 }
 
 // etcdConn is the app's link to etcd.
@@ -76,9 +74,16 @@ func connect(ctx context.Context, cfg config) (*etcdConn, error) {
 		conn.member = member
 		endpoints = []string{"http://" + member.Clients[0].Addr().String()}
 	}
+	// One wait for the login (-user), which clientv3.New makes before it
+	// returns, and the first read: the same with -user as without.
+	wait := startWait(cfg)
+	deadline := time.Now().Add(wait)
+	if len(cfg.endpoints) > 0 {
+		log.Printf("waiting for etcd at %s (at most %v)", strings.Join(endpoints, ","), wait)
+	}
 	client, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
-		DialTimeout: loginTimeout(cfg),
+		DialTimeout: wait,
 		// Without keepalive, a connection to a member that stopped
 		// answering (a dead host, a dropped link) stays open and holds
 		// every request sent to it until its deadline; with it, gRPC drops
@@ -98,7 +103,7 @@ func connect(ctx context.Context, cfg config) (*etcdConn, error) {
 		return nil, clientError(cfg, endpoints, err)
 	}
 	conn.client = client
-	if err := waitReady(ctx, cfg, client); err != nil {
+	if err := waitReady(ctx, cfg, client, deadline); err != nil {
 		conn.close()
 		return nil, err
 	}
@@ -130,9 +135,63 @@ func clientError(cfg config, endpoints []string, err error) error {
 	case errors.Is(err, rpctypes.ErrAuthFailed):
 		return fmt.Errorf("etcd at %s refused user %q: are -user and the password (-password, or ETCD_PASSWORD) right? (%w)", at, cfg.user, err)
 	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("etcd at %s did not answer the login of user %q within %v: is it running, are these its client URLs (-etcd)%s, and does it have a leader? (%w)", at, cfg.user, loginTimeout(cfg), tlsHint(cfg), err)
+		return notAnswered(cfg, endpoints, err)
 	}
 	return fmt.Errorf("etcd client for %s: %w", at, err)
+}
+
+// notAnswered is the error of an etcd that did not answer within the
+// start-up wait: what to check, and what a probe of each endpoint found.
+func notAnswered(cfg config, endpoints []string, err error) error {
+	hint := ""
+	for _, ep := range endpoints {
+		if h := probeEndpoint(ep, probeTimeout); h != "" {
+			hint += "; " + h
+		}
+	}
+	return fmt.Errorf("etcd at %s did not answer within %v: is it running, are these its client URLs (-etcd)%s, and does it have a leader?%s (%w)", strings.Join(endpoints, ","), startWait(cfg), tlsHint(cfg), hint, err)
+}
+
+// probeTimeout bounds each step of probeEndpoint.
+const probeTimeout = 2 * time.Second
+
+// probeEndpoint says what a TCP connection to ep finds that explains an
+// etcd that does not answer, or "": nothing listens there; an https://
+// URL whose server answers a plain http request (etcd serves /version on
+// its client port); an http:// URL whose server speaks TLS. The TLS
+// handshake checks no certificate, only whether the server speaks TLS.
+func probeEndpoint(ep string, timeout time.Duration) string {
+	scheme, host, ok := strings.Cut(ep, "://")
+	if !ok {
+		scheme, host = "http", ep
+	}
+	host, _, _ = strings.Cut(host, "/")
+	conn, err := net.DialTimeout("tcp", host, timeout)
+	if err != nil {
+		return fmt.Sprintf("%s: nothing accepts connections there (%v)", ep, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(timeout))
+	if scheme == "https" {
+		fmt.Fprintf(conn, "GET /version HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", host)
+		buf := make([]byte, 512)
+		n, _ := io.ReadFull(conn, buf)
+		// A TLS server of Go's net/http answers such a request with a 400
+		// that names HTTPS.
+		if resp := string(buf[:n]); strings.HasPrefix(resp, "HTTP/1.") && !strings.Contains(resp, "HTTPS") {
+			return fmt.Sprintf("%s: the server there speaks plain http, not TLS: use http://%s", ep, host)
+		}
+		return ""
+	}
+	// A probe: nothing is sent over the connection, so its certificate
+	// needs no check. A TLS server that refuses the handshake (it wants
+	// a client certificate) speaks TLS all the same.
+	err = tls.Client(conn, &tls.Config{InsecureSkipVerify: true, ServerName: "etcd"}).Handshake()
+	var alert tls.AlertError
+	if err == nil || errors.As(err, &alert) {
+		return fmt.Sprintf("%s: the server there speaks TLS: use https://%s, with -cacert for its CA", ep, host)
+	}
+	return ""
 }
 
 // tlsHint is what to check of the TLS flags when etcd does not answer.
@@ -144,19 +203,12 @@ func tlsHint(cfg config) string {
 }
 
 // waitReady waits until the cluster answers a read of one key of the
-// sessions and one of their index, as the store's user: it needs a
-// quorum, as etcdctl's "endpoint health" read does, and read permission
-// on both prefixes.
-func waitReady(ctx context.Context, cfg config, client *clientv3.Client) error {
-	wait := cfg.wait
-	if wait <= 0 {
-		wait = etcdTimeout
-	}
+// sessions and one of their index, as the store's user, or deadline: it
+// needs a quorum, as etcdctl's "endpoint health" read does, and read
+// permission on both prefixes.
+func waitReady(ctx context.Context, cfg config, client *clientv3.Client, deadline time.Time) error {
 	at := strings.Join(client.Endpoints(), ",")
-	if len(cfg.endpoints) > 0 {
-		log.Printf("waiting for etcd at %s (at most %v)", at, wait)
-	}
-	readyCtx, cancel := context.WithTimeout(ctx, wait)
+	readyCtx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	index := etcdstore.PrincipalIndexPrefix(cfg.prefix)
 	_, err := client.Txn(readyCtx).Then(clientv3.OpGet(cfg.prefix), clientv3.OpGet(index)).Commit()
@@ -164,7 +216,7 @@ func waitReady(ctx context.Context, cfg config, client *clientv3.Client) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("etcd at %s did not answer within %v: is it running, are these its client URLs (-etcd)%s, and does it have a leader? (%w)", at, wait, tlsHint(cfg), err)
+		return notAnswered(cfg, client.Endpoints(), err)
 	case cfg.user == "" && (errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrPermissionDenied)):
 		// ErrPermissionDenied: etcd took the common name of -cert as the
 		// user (client-certificate auth).

@@ -83,6 +83,7 @@ type config struct {
 	user       string        // etcd user; none logs in as nobody
 	password   string        // the etcd user's password
 	wait       time.Duration // how long to wait for etcd at startup; 0: etcdTimeout
+	keepAlive  time.Duration // etcdstore.WithAuthKeepAlive; 0: its default (tests set it, with a short --auth-token-ttl)
 }
 
 // passwordEnv names the environment variable that holds the etcd user's
@@ -142,9 +143,10 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 
 // check checks the durations and the prefix.
 func (cfg config) check() error {
+	if err := etcdstore.CheckPrefix(cfg.prefix); err != nil {
+		return fmt.Errorf("-prefix: %w", err)
+	}
 	switch {
-	case cfg.prefix == "":
-		return errors.New("-prefix must not be empty")
 	case cfg.lifetime <= 0:
 		return errors.New("-lifetime must be positive")
 	case cfg.idle < 0:
@@ -228,12 +230,15 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 	}
 	log.Printf("sessions in etcd at %s under prefix %q%s", strings.Join(conn.client.Endpoints(), ","), cfg.prefix, asUser)
 	opts := []etcdstore.Option{etcdstore.WithTouchInterval(cfg.touch), etcdstore.WithTimeout(cfg.timeout),
-		etcdstore.WithPrincipal(exampleapp.PrincipalKey)}
+		etcdstore.WithPrincipal(exampleapp.PrincipalKey), etcdstore.WithAuthKeepAlive(cfg.keepAlive)}
 	if cfg.cache {
 		opts = append(opts, etcdstore.WithReadCache())
 	}
 	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix, opts...)
 	defer store.Close()
+	if cfg.cache {
+		logReadCache(ctx, store, cfg.timeout)
+	}
 	sm := exampleapp.NewSessionManager(store, cfg.idle, cfg.lifetime)
 	sm.HashTokenInStore = cfg.hashTokens
 	srv := &http.Server{Handler: withMetrics(exampleapp.New(sm), store), ReadHeaderTimeout: 10 * time.Second}
@@ -269,4 +274,20 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 		return errors.Join(failed, err)
 	}
 	return failed
+}
+
+// logReadCache logs, once, whether the read cache (-cache) serves reads,
+// or why it is off, waiting for it at most wait: it turns itself off on
+// an etcd it cannot trust without a word of its own.
+func logReadCache(ctx context.Context, store *etcdstore.EtcdStore, wait time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	switch err := store.ReadCacheReady(ctx); {
+	case err == nil:
+		log.Print("read cache on: sessions are read from memory")
+	case errors.Is(err, etcdstore.ErrReadCacheOff):
+		log.Printf("%v (-cache has no effect)", err)
+	default:
+		log.Printf("read cache not in sync after %v, reads go to etcd meanwhile: %v", wait, err)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"log"
 	"net"
 	"net/url"
 	"os"
@@ -124,6 +125,9 @@ func TestParseFlags(t *testing.T) {
 	}
 	for _, args := range [][]string{
 		{"-prefix", ""},
+		{"-prefix", "etcdstore/"},            // covers the principal indexes
+		{"-prefix", "etcdstore/principal/x"}, // under them
+		{"-prefix", "etcdstore/compactor"},   // the compactor's key
 		{"-lifetime", "0s"},
 		{"-idle", "-1s"},
 		{"-touch", "-1s"},
@@ -225,19 +229,70 @@ func metricValue(t *testing.T, metrics, name string) float64 {
 	return 0
 }
 
-// TestUnreachableEtcd: an -etcd that does not answer fails the start with
-// a message that says what to check.
+// TestUnreachableEtcd: an -etcd that does not answer fails the start
+// after the same wait, with the same log line before it and the same
+// message, with -user as without: what to check, and that nothing
+// listens there. It captures the log, so it does not run in parallel.
 func TestUnreachableEtcd(t *testing.T) {
-	t.Parallel()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := l.Addr().String()
 	l.Close() // nothing listens there now
-	_, err = connect(context.Background(), config{endpoints: []string{"http://" + addr}, wait: 300 * time.Millisecond})
-	if err == nil || !strings.Contains(err.Error(), "did not answer within 300ms") || !strings.Contains(err.Error(), "-etcd") {
-		t.Fatalf("connect to a closed port = %v, want an error that says what to check", err)
+	var logged strings.Builder
+	log.SetOutput(&logged)
+	t.Cleanup(func() { log.SetOutput(os.Stderr) })
+	const wait = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name string
+		cfg  config
+	}{
+		{"without -user", config{endpoints: []string{"http://" + addr}, wait: wait}},
+		{"with -user", config{endpoints: []string{"http://" + addr}, wait: wait, user: appUser, password: appPassword}},
+	} {
+		logged.Reset()
+		start := time.Now()
+		_, err = connect(context.Background(), tc.cfg)
+		took := time.Since(start)
+		want := "etcd at http://" + addr + " did not answer within 300ms: is it running, are these its client URLs (-etcd), and does it have a leader?; http://" + addr + ": nothing accepts connections there"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: connect to a closed port = %v, want an error that says %q", tc.name, err, want)
+		}
+		if wantLog := "waiting for etcd at http://" + addr + " (at most 300ms)\n"; !strings.HasSuffix(logged.String(), wantLog) || strings.Count(logged.String(), "\n") != 1 {
+			t.Errorf("%s: logged %q, want %q", tc.name, logged.String(), wantLog)
+		}
+		if took < wait || took > wait+2*probeTimeout+time.Second {
+			t.Errorf("%s: connect took %v, want the wait, %v", tc.name, took, wait)
+		}
+	}
+}
+
+// TestTLSMismatch: an https:// URL whose server speaks plain http, and an
+// http:// URL whose server speaks TLS, fail the start with what to
+// change in -etcd.
+func TestTLSMismatch(t *testing.T) {
+	t.Parallel()
+	plain := etcdtest.Start(t, etcdtest.Own()).Endpoints()[0] // http://127.0.0.1:port
+	secure := startSecureEtcd(t, etcdstore.DefaultPrefix).endpoint
+	host := func(u string) string { _, h, _ := strings.Cut(u, "://"); return h }
+	for _, tc := range []struct {
+		name     string
+		endpoint string
+		want     string
+	}{
+		{"https to plain http", "https://" + host(plain), "https://" + host(plain) + ": the server there speaks plain http, not TLS: use http://" + host(plain)},
+		{"http to TLS", "http://" + host(secure), "http://" + host(secure) + ": the server there speaks TLS: use https://" + host(secure) + ", with -cacert for its CA"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			for _, user := range []string{"", appUser} {
+				_, err := connect(context.Background(), config{endpoints: []string{tc.endpoint}, wait: time.Second, user: user, password: appPassword})
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Errorf("connect to %s (user %q) = %v, want an error that says %q", tc.endpoint, user, err, tc.want)
+				}
+			}
+		})
 	}
 }
 
@@ -409,7 +464,8 @@ func TestSecuredClusterRefusals(t *testing.T) {
 		{name: "cert without key", args: login(appUser, appPassword, "-key", ""), check: true, want: "-cert and -key go together"},
 		{name: "http URL with TLS", args: login(appUser, appPassword, "-etcd", "http://"+strings.TrimPrefix(e.endpoint, "https://")), check: true, want: "with -cacert, -cert or -key the URLs are https://"},
 		{name: "server not trusted", args: []string{"-cacert", other.CA}, want: "did not answer within 1s: is it running, are these its client URLs (-etcd), does it accept -cert, is its certificate signed by -cacert, and does it have a leader?"},
-		{name: "server not trusted, at login", args: login(appUser, appPassword, "-cacert", other.CA), want: `did not answer the login of user "app" within 1s`},
+		// The same wait, and the same message, with -user.
+		{name: "server not trusted, at login", args: login(appUser, appPassword, "-cacert", other.CA), want: "did not answer within 1s: is it running, are these its client URLs (-etcd), does it accept -cert, is its certificate signed by -cacert, and does it have a leader?"},
 		{name: "no client certificate", args: []string{"-cert", "", "-key", ""}, want: "did not answer within 1s"},
 		{name: "client certificate of another CA", args: []string{"-cert", other.Cert, "-key", other.Key}, want: "did not answer within 1s"},
 	} {
@@ -435,7 +491,7 @@ func TestSecuredClusterRefusals(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) || (tc.is != nil && !errors.Is(err, tc.is)) {
 				t.Errorf("connect = %v\nwant an error that says %q and wraps %v", err, tc.want, tc.is)
 			}
-			if took := time.Since(start); took > dialTimeout+wait+5*time.Second {
+			if took := time.Since(start); took > wait+2*probeTimeout+5*time.Second {
 				t.Errorf("the refused connect took %v", took)
 			}
 			t.Logf("%v (%v)", err, time.Since(start).Round(time.Millisecond))
@@ -473,4 +529,86 @@ func TestDataDirInUse(t *testing.T) {
 		t.Fatalf("an app on the data directory after the first stopped: %v", err)
 	}
 	conn.close()
+}
+
+// readmeEtcdEnv names the environment variable through which
+// .ci/readme-auth points TestReadmeAuth at the etcd server it set up with
+// the README's authentication steps, started with --auth-token-ttl 3.
+const readmeEtcdEnv = "ETCDSTORE_README_ETCD"
+
+// TestReadmeAuth is the README's path on a secured etcd, run by
+// .ci/readme-auth after the README's etcdctl steps (skipped otherwise):
+// the example as user app (its password in ETCD_PASSWORD, as the README
+// sets it) with -cache serves sessions, and still does after an idle
+// longer than the server's token TTL (3 s), its keep-alive scaled down
+// with the TTL (1 s for 3 s; the store's default, 1 minute, for etcd's
+// default, 5 minutes). Then with -compact 1s, whose requests would keep
+// the token in use by themselves: every refusal it logs says what to
+// fix. It captures the log, so it does not run in parallel.
+func TestReadmeAuth(t *testing.T) {
+	endpoint := os.Getenv(readmeEtcdEnv)
+	if endpoint == "" {
+		t.Skipf("%s is not set: .ci/readme-auth sets it", readmeEtcdEnv)
+	}
+	var logged syncBuffer
+	log.SetOutput(&logged)
+	t.Cleanup(func() { log.SetOutput(os.Stderr) })
+	run := func(extra ...string) (string, func()) {
+		cfg, err := parseFlags(append([]string{"-addr", "127.0.0.1:0", "-etcd", endpoint, "-user", "app"}, extra...), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.keepAlive = time.Second
+		return startApp(t, cfg)
+	}
+
+	base, stop := run("-cache")
+	ann := webtest.New(t)
+	ann.Want(base, "/put", "stored\n")
+	ann.Want(base, "/login?name=ann", "logged in as ann\n")
+	const idle = 4500 * time.Millisecond
+	time.Sleep(idle)
+	start := time.Now()
+	ann.Want(base, "/get", "Hello from a session!\n")
+	ann.Want(base, "/count", "count: 1\n")
+	if devices := ann.MustGet(base, "/devices"); !strings.HasPrefix(devices, "sessions of ann: 1\n") {
+		t.Errorf("/devices after %v idle = %q, want one session of ann", idle, devices)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("three requests after %v idle took %v", idle, took)
+	}
+	stop()
+	if out := logged.String(); !strings.Contains(out, "read cache on") && !strings.Contains(out, "read cache off: etcd at "+endpoint+" runs 3.4.") {
+		t.Errorf("the log says nothing of the read cache (-cache), or not which server turned it off:\n%s", out)
+	}
+
+	_, stop = run("-compact", "1s")
+	time.Sleep(2500 * time.Millisecond)
+	stop()
+	out := logged.String()
+	t.Logf("the example's log:\n%s", out)
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "compactor") && strings.Contains(line, "denied") &&
+			!strings.Contains(line, "compact only for a user with the root role; run RunCompactor with a client of such a user, or set etcd's --auto-compaction-retention instead") {
+			t.Errorf("the README's role lacks a grant, or a compactor refusal does not say what to fix: %s", line)
+		}
+	}
+}
+
+// syncBuffer is a strings.Builder safe for the log's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
