@@ -37,6 +37,9 @@ const (
 	// lateLanding bounds the wait for the held attempt to reach etcd
 	// after the heal; one whose stream the client canceled may never do.
 	lateLanding = time.Second
+	// lateRetryPause is the pause after a try whose attempts all went
+	// through B: the tries span several seconds.
+	lateRetryPause = 100 * time.Millisecond
 )
 
 // lateRig is the test's member, the two links to it, the app server whose
@@ -88,6 +91,12 @@ func (r *lateRig) heldCommit(t *testing.T, token, value string) (held bool) {
 	held = r.store.Stats().Retries > before
 	if held {
 		t.Logf("commit of %q acknowledged after %v, an attempt held", token, time.Since(start).Round(time.Millisecond))
+	} else {
+		// The balancer sends requests only to the links it has up; on a
+		// loaded machine the link through A may be down for gRPC's
+		// reconnect backoff (1 s at first), and tries without a pause
+		// would all go through B before it is back.
+		time.Sleep(lateRetryPause)
 	}
 	return held
 }
