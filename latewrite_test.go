@@ -38,8 +38,8 @@ const (
 	// after the heal; one whose stream the client canceled may never do.
 	lateLanding = time.Second
 	// lateRetryPause is the pause after a try whose attempts all went
-	// through B: the tries span several seconds.
-	lateRetryPause = 100 * time.Millisecond
+	// through B: the 40 tries span 10 s, gRPC's reconnect backoff (1 s, growing by 1.6 a time) four times over.
+	lateRetryPause = 250 * time.Millisecond
 )
 
 // lateRig is the test's member, the two links to it, the app server whose

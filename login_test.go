@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"go.etcd.io/etcd/api/v3/version"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 
@@ -179,7 +180,7 @@ func TestIdleLoginRealServers(t *testing.T) {
 			t.Parallel()
 			s := NewWithPrefix(newClient(t), prefix+"b:", WithAuthKeepAlive(time.Hour), WithTimeout(3*time.Second))
 			t.Cleanup(func() { s.Close() })
-			if !reloginRefused(version) {
+			if !reloginRefused(version) || clientClearsToken() {
 				idleLogin(t, s, 4500*time.Millisecond, true)
 				return
 			}
@@ -276,6 +277,33 @@ func TestConfigPanics(t *testing.T) {
 	}
 }
 
+// clientClearsToken reports whether the etcd client the tests are built
+// with clears its expired token before it logs in again: v3.5 does (etcd
+// PR #12549), so its logins go through on etcd 3.4 too; v3.6 and later
+// send the expired token with the login.
+func clientClearsToken() bool {
+	return strings.HasPrefix(version.Version, "3.5.")
+}
+
+// compactNeedsRoot reports whether an etcd server of version v compacts
+// only for a user with the root role: 3.5.31, 3.6.9, 3.7 and later.
+func compactNeedsRoot(v string) bool {
+	var major, minor, patch int
+	if _, err := fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch); err != nil {
+		return true
+	}
+	switch {
+	case major != 3:
+		return major > 3
+	case minor == 5:
+		return patch >= 31
+	case minor == 6:
+		return patch >= 9
+	default:
+		return minor > 6
+	}
+}
+
 // TestCompactorRefusals: RunCompactor's refusals say what to fix: a user
 // that may not write CompactorKey is told to grant it, and one that may
 // but lacks the root role, which etcd 3.7 (embedded here) requires to
@@ -292,6 +320,10 @@ func TestCompactorRefusals(t *testing.T) {
 		{noKey, `etcdstore: compactor: etcd user "nokey" may not write the compactor's key "etcdstore/compactor": grant its role readwrite on it (etcdctl role grant-permission ROLE readwrite etcdstore/compactor)`},
 		{withKey, `etcd refused it to user "withkey": etcd 3.5.31, 3.6.9, 3.7 and later compact only for a user with the root role; run RunCompactor with a client of such a user, or set etcd's --auto-compaction-retention instead`},
 	} {
+		if tc.user.name == withKey.name && !compactNeedsRoot(version.Version) {
+			t.Logf("etcd %s compacts for a user without the root role: no refusal to check", version.Version)
+			continue
+		}
 		c := authClient(t, srv, tc.user.name, tc.user.password)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		reported := make(chan error, 1)
