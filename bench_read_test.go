@@ -73,7 +73,7 @@ func hasGetStream(client *clientv3.Client) bool {
 // the stream's error. It calls GetStream by reflection, so that the
 // benchmarks build with go.mod's etcd 3.5 client too: the channel's
 // elements are clientv3.RangeStreamResponse, a *pb.RangeResponse and an
-// Err method.
+// Err method on its pointer.
 func getStream(ctx context.Context, client *clientv3.Client, prefix string, each func(*pb.RangeResponse)) error {
 	out := reflect.ValueOf(client).MethodByName("GetStream").Call([]reflect.Value{
 		reflect.ValueOf(ctx), reflect.ValueOf(prefix), reflect.ValueOf(clientv3.WithPrefix()),
@@ -82,14 +82,16 @@ func getStream(ctx context.Context, client *clientv3.Client, prefix string, each
 		return err
 	}
 	for {
-		resp, ok := out[0].Recv()
+		v, ok := out[0].Recv()
 		if !ok {
 			return nil
 		}
+		resp := reflect.New(v.Type()) // Err has a pointer receiver
+		resp.Elem().Set(v)
 		if err, _ := resp.MethodByName("Err").Call(nil)[0].Interface().(error); err != nil {
 			return err
 		}
-		each(resp.FieldByName("RangeResponse").Interface().(*pb.RangeResponse))
+		each(v.FieldByName("RangeResponse").Interface().(*pb.RangeResponse))
 	}
 }
 
