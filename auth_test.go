@@ -27,6 +27,11 @@ type authUser struct {
 	key, end       string
 }
 
+// readWriteUser is a user with readwrite on every key under prefix.
+func readWriteUser(name, password, prefix string) authUser {
+	return authUser{name: name, password: password, perm: clientv3.PermissionType(clientv3.PermReadWrite), key: prefix, end: rangeEnd(prefix)}
+}
+
 // startAuthEtcd starts an etcd with auth on, simple tokens, a root user
 // and the given users, and returns a client logged in as root.
 func startAuthEtcd(t *testing.T, users ...authUser) (*etcdtest.Server, *clientv3.Client) {
@@ -102,7 +107,7 @@ func authStoreOps(ctx context.Context, s *EtcdStore) map[string]error {
 func TestAuth(t *testing.T) {
 	t.Parallel()
 	const prefix, outside = "t/auth/app:", "t/auth/other:"
-	app := authUser{name: "app", password: "app-password", perm: clientv3.PermissionType(clientv3.PermReadWrite), key: prefix, end: rangeEnd(prefix)}
+	app := readWriteUser("app", "app-password", prefix)
 	reader := authUser{name: "reader", password: "reader-password", perm: clientv3.PermissionType(clientv3.PermRead), key: prefix, end: rangeEnd(prefix)}
 	srv, root := startAuthEtcd(t, app, reader)
 	ctx := etcdtest.Context(t, 30*time.Second)
@@ -227,7 +232,7 @@ func TestAuth(t *testing.T) {
 func TestAuthPermissionRevoked(t *testing.T) {
 	t.Parallel()
 	const prefix = "t/auth/app:"
-	app := authUser{name: "app", password: "app-password", perm: clientv3.PermissionType(clientv3.PermReadWrite), key: prefix, end: rangeEnd(prefix)}
+	app := readWriteUser("app", "app-password", prefix)
 	srv, root := startAuthEtcd(t, app)
 	ctx := etcdtest.Context(t, 30*time.Second)
 	s := NewWithPrefix(authClient(t, srv, app.name, app.password), prefix)

@@ -246,7 +246,7 @@ func TestBatchRefusedForItsSize(t *testing.T) {
 func TestBatchWithADeniedCommit(t *testing.T) {
 	t.Parallel()
 	const prefix = "t/denied/"
-	app := authUser{name: "app", password: "app-password", perm: clientv3.PermissionType(clientv3.PermReadWrite), key: prefix, end: rangeEnd(prefix)}
+	app := readWriteUser("app", "app-password", prefix)
 	srv, _ := startAuthEtcd(t, app)
 	client := authClient(t, srv, app.name, app.password)
 	// A batch is a Txn of nested Txns, and etcd checked no permission

@@ -78,7 +78,7 @@ func TestDiagnose(t *testing.T) {
 func TestKeepAliveRuns(t *testing.T) {
 	t.Parallel()
 	const prefix = "t/keepalive/app:"
-	app := authUser{name: "app", password: "app-password", perm: clientv3.PermissionType(clientv3.PermReadWrite), key: prefix, end: rangeEnd(prefix)}
+	app := readWriteUser("app", "app-password", prefix)
 	srv, _ := startAuthEtcd(t, app)
 	s := NewWithPrefix(authClient(t, srv, app.name, app.password), prefix, WithAuthKeepAlive(20*time.Millisecond))
 	if s.login == nil {
@@ -112,7 +112,7 @@ func TestKeepAliveRuns(t *testing.T) {
 func TestIdleLogin(t *testing.T) {
 	t.Parallel()
 	const prefix = "t/idle/app:"
-	app := authUser{name: "app", password: "app-password", perm: clientv3.PermissionType(clientv3.PermReadWrite), key: prefix, end: rangeEnd(prefix)}
+	app := readWriteUser("app", "app-password", prefix)
 	srv := etcdtest.Start(t, func(cfg *embed.Config) {
 		cfg.AuthToken = "simple"
 		cfg.AuthTokenTTL = 2
@@ -165,7 +165,7 @@ func TestIdleLoginRealServers(t *testing.T) {
 	for _, bin := range etcdtest.Daemons(t) {
 		endpoint, version := etcdtest.StartDaemon(t, bin, "--auth-token-ttl", "3")
 		const prefix = "t/idle/app:"
-		app := authUser{name: "app", password: "app-password", perm: clientv3.PermissionType(clientv3.PermReadWrite), key: prefix, end: rangeEnd(prefix)}
+		app := readWriteUser("app", "app-password", prefix)
 		setUpAuth(t, etcdtest.NewClient(t, clientv3.Config{Endpoints: []string{endpoint}}), app)
 		newClient := func(t *testing.T) *clientv3.Client {
 			return etcdtest.NewClient(t, clientv3.Config{Endpoints: []string{endpoint}, Username: app.name, Password: app.password})
@@ -209,7 +209,7 @@ func TestAuthErrorsSayWhatToFix(t *testing.T) {
 	t.Parallel()
 	const prefix = "t/hint/app:"
 	// The role grants the sessions' prefix but not the index's.
-	app := authUser{name: "app", password: "app-password", perm: clientv3.PermissionType(clientv3.PermReadWrite), key: prefix, end: rangeEnd(prefix)}
+	app := readWriteUser("app", "app-password", prefix)
 	srv, _ := startAuthEtcd(t, app)
 	ctx := etcdtest.Context(t, 30*time.Second)
 	s := NewWithPrefix(authClient(t, srv, app.name, app.password), prefix, WithPrincipal("user"))
@@ -310,7 +310,7 @@ func compactNeedsRoot(v string) bool {
 // compact, is told so.
 func TestCompactorRefusals(t *testing.T) {
 	t.Parallel()
-	noKey := authUser{name: "nokey", password: "nokey-password", perm: clientv3.PermissionType(clientv3.PermReadWrite), key: "t/compact/", end: rangeEnd("t/compact/")}
+	noKey := readWriteUser("nokey", "nokey-password", "t/compact/")
 	withKey := authUser{name: "withkey", password: "withkey-password", perm: clientv3.PermissionType(clientv3.PermReadWrite), key: CompactorKey}
 	srv, _ := startAuthEtcd(t, noKey, withKey)
 	for _, tc := range []struct {
