@@ -237,6 +237,15 @@ func (m *leaseManager) acquire(ctx context.Context, now, expiry time.Time) (clie
 		// that arrives after the replacement has filled up asks anew.
 		key := strconv.FormatInt(int64(b.width), 36) + ":" + strconv.FormatInt(b.end, 36) + ":" + strconv.FormatInt(int64(prev), 36)
 		ch := m.grants.DoChan(key, func() (any, error) {
+			// A grant for prev may have ended between our look at the
+			// table and this call, which singleflight then no longer
+			// knows of: the table has moved on, so take from it again.
+			m.mu.Lock()
+			moved := m.table.current(b) != prev
+			m.mu.Unlock()
+			if moved {
+				return nil, nil
+			}
 			id, end, err := m.grant(ctx, now, mono, b)
 			if err != nil {
 				return nil, err

@@ -316,6 +316,41 @@ func TestConcurrentGrantsCollapse(t *testing.T) {
 	}
 }
 
+// TestGrantsCollapseEveryRound: in round after round of commits that
+// need one new lease, each round grants once. Before the shared grant
+// looked at the table again, a commit that saw the table empty just
+// before a grant ended started a second one: 1 or 2 rounds in 200.
+func TestGrantsCollapseEveryRound(t *testing.T) {
+	t.Parallel()
+	s, _ := newOwnStore(t)
+	now := time.Now()
+	const rounds, commits = 200, 16
+	twice := 0
+	for r := range rounds {
+		expiry := now.Add(time.Hour + time.Duration(r)*time.Minute) // a bucket of its own
+		before := s.leases.granted.Load()
+		var g errgroup.Group
+		start := make(chan struct{})
+		for range commits {
+			g.Go(func() error {
+				<-start
+				_, err := s.leases.acquire(ctxFor(t), now, expiry)
+				return err
+			})
+		}
+		close(start)
+		if err := g.Wait(); err != nil {
+			t.Fatal(err)
+		}
+		if s.leases.granted.Load()-before != 1 {
+			twice++
+		}
+	}
+	if twice > 0 {
+		t.Fatalf("%d of %d rounds granted more than one lease", twice, rounds)
+	}
+}
+
 // TestMaxKeysPerLease: the cap holds under concurrency, and each key is
 // on a lease.
 func TestMaxKeysPerLease(t *testing.T) {
