@@ -85,7 +85,7 @@ func (s *EtcdStore) CommitCtx(ctx context.Context, token string, b []byte, expir
 	}
 	now := s.now()
 	if !expiry.After(now) {
-		return s.delete(ctx, token, "commit expired session")
+		return s.delete(ctx, token, "commit expired session", EndExpired)
 	}
 	if expiry.After(latestExpiry) {
 		return fmt.Errorf("etcdstore: commit: expiry %s is after the latest the store can keep, %s", expiry.UTC().Format(time.RFC3339), latestExpiry.UTC().Format(time.RFC3339))

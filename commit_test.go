@@ -67,7 +67,8 @@ func TestAfterConflict(t *testing.T) {
 
 // TestTombstone: the tombstone is the envelope of no data that expired at
 // the Unix epoch, so every reader, this release's or an earlier one's,
-// sees no session; nothing a commit writes is one.
+// sees no session, with or without the reason it carries as data;
+// nothing a commit writes is one.
 func TestTombstone(t *testing.T) {
 	if want := encodeEnvelope(time.Unix(0, 0), nil); tombstone != want {
 		t.Fatalf("tombstone = %q, want %q", tombstone, want)
@@ -75,9 +76,32 @@ func TestTombstone(t *testing.T) {
 	if _, _, live, err := decodeStored([]byte(tombstone), time.Unix(0, 1)); live || err != nil {
 		t.Fatalf("decodeStored(tombstone) = live %v, %v; want expired", live, err)
 	}
+	// With its reason: still the envelope of a session that expired at
+	// the epoch, which every reader sees as none.
+	at := time.Unix(1_800_000_000, 123)
+	for r := EndUnknown; r <= endReasons; r++ {
+		v := tombstoneOf(r, at)
+		if !isTombstone([]byte(v)) || len(v) != tombstoneSize {
+			t.Fatalf("tombstoneOf(%v) = %q: not a tombstone of %d bytes", r, v, tombstoneSize)
+		}
+		if _, _, live, err := decodeStored([]byte(v), time.Unix(0, 1)); live || err != nil {
+			t.Fatalf("decodeStored(tombstoneOf(%v)) = live %v, %v; want expired", r, live, err)
+		}
+		if got, gotAt := tombstoneReason([]byte(v)); got != r || (r != EndUnknown && !gotAt.Equal(at)) {
+			t.Errorf("tombstoneReason(tombstoneOf(%v, %v)) = %v, %v", r, at, got, gotAt)
+		}
+	}
+	if r, at := tombstoneReason([]byte(tombstone)); r != EndUnknown || !at.IsZero() {
+		t.Errorf("tombstoneReason of a tombstone without a reason = %v, %v", r, at)
+	}
+	if r, _ := tombstoneReason([]byte(tombstoneOf(endReasons+1, at))); r != EndUnknown {
+		t.Errorf("tombstoneReason of a reason this release does not know = %v, want EndUnknown", r)
+	}
+	// A commit never writes an expiry at the epoch: it deletes a session
+	// whose expiry has passed.
 	for _, v := range []string{
-		encodeEnvelope(time.Unix(0, 0), []byte("x")),
 		encodeEnvelope(time.Unix(0, 1), nil),
+		encodeEnvelope(time.Unix(0, 1), []byte("x")),
 		encodeEnvelope(time.Now().Add(time.Hour), nil),
 		"", "\x00ES\x01",
 	} {

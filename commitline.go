@@ -149,7 +149,7 @@ func (s *EtcdStore) commitShared(token string, sc *sharedCommit) {
 			sc.err = s.commitToken(ctx, token, sc.b, now, sc.expiry)
 		} else {
 			// It expired while it waited: CommitCtx deletes it so.
-			sc.err = s.delete(ctx, token, "commit expired session")
+			sc.err = s.delete(ctx, token, "commit expired session", EndExpired)
 		}
 		cancel()
 		close(sc.done)

@@ -24,15 +24,15 @@ func (s *EtcdStore) DeleteCtx(ctx context.Context, token string) (err error) {
 	if !validToken(token) {
 		return nil
 	}
-	return s.delete(ctx, token, "delete")
+	return s.delete(ctx, token, "delete", EndLogout)
 }
 
-// delete ends the session token for the method op: it puts a tombstone at
-// its key, on a lease that lasts the request bound (tombstoneLease), and,
+// delete ends the session token for the method op and reason: it puts a
+// tombstone at its key, with the reason, on a lease that lasts the request bound (tombstoneLease), and,
 // in the same request, deletes the index entry of the session's principal,
 // when the store knows the principal. While etcd is out of space, which
 // refuses every put, it deletes the key instead.
-func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
+func (s *EtcdStore) delete(ctx context.Context, token, op string, reason EndReason) error {
 	if err := clientErr(s.client); err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
 	}
@@ -44,7 +44,7 @@ func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
 		}
 	}
 	rev, err := retryValue(s.calls, s.calls.newCall(ctx), func(ctx context.Context) (int64, error) {
-		return s.bury(ctx, key, entry)
+		return s.bury(ctx, key, entry, reason)
 	})
 	if err != nil {
 		return fmt.Errorf("etcdstore: %s: %w", op, err)
@@ -53,10 +53,10 @@ func (s *EtcdStore) delete(ctx context.Context, token, op string) error {
 	return nil
 }
 
-// bury puts the tombstone at key and deletes the index entry, if not "",
+// bury puts the tombstone of reason at key and deletes the index entry, if not "",
 // in one request, and returns the revision of the write. A lease etcd no
 // longer knows is forgotten and the request made once more on a fresh one.
-func (s *EtcdStore) bury(ctx context.Context, key, entry string) (int64, error) {
+func (s *EtcdStore) bury(ctx context.Context, key, entry string, reason EndReason) (int64, error) {
 	for attempt := 0; ; attempt++ {
 		ops := []clientv3.Op{clientv3.OpDelete(key)}
 		if entry != "" {
@@ -72,7 +72,7 @@ func (s *EtcdStore) bury(ctx context.Context, key, entry string) (int64, error) 
 		if err != nil {
 			return 0, err
 		}
-		ops[0] = clientv3.OpPut(key, tombstone, clientv3.WithLease(id))
+		ops[0] = clientv3.OpPut(key, tombstoneOf(reason, s.now()), clientv3.WithLease(id))
 		rev, err := s.apply(ctx, ops)
 		switch {
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):

@@ -22,7 +22,7 @@ import (
 // (server/lease/lessor.go, Promote).
 //
 // A tombstone is the envelope of a deleted session: expiry 0 (the Unix
-// epoch) and no data, 12 bytes. Every end of a session leaves it at the
+// epoch), and as data why and when it ended (tombstoneSize, 21 bytes). Every end of a session leaves it at the
 // session's key, on a lease that lasts the store's request bound
 // (WithMaxRequestDuration), and then goes with the lease; no commit writes
 // over it (see commit.go). Readers see a session that expired in 1970: absent, to this
@@ -57,12 +57,44 @@ const (
 	sealedHeaderSize = envelopeHeader + 4
 )
 
-// tombstone is the tombstone's envelope.
+// tombstone is the envelope every tombstone begins with; alone, it is a
+// tombstone without a reason.
 const tombstone = envelopeMagic + "\x01" + "\x00\x00\x00\x00\x00\x00\x00\x00"
 
-// isTombstone reports whether a stored value is a tombstone.
+// tombstoneSize is the size of a tombstone with its reason: the envelope
+// of no data, then as its data the reason (1 byte) and when the session
+// ended (Unix nanoseconds, big-endian int64), 21 bytes. Neither says
+// anything of the session's data or token.
+const tombstoneSize = envelopeHeader + 1 + 8
+
+// tombstoneOf returns the tombstone of a session that ended at for reason.
+func tombstoneOf(reason EndReason, at time.Time) string {
+	var b [tombstoneSize]byte
+	copy(b[:], tombstone)
+	b[envelopeHeader] = byte(reason)
+	binary.BigEndian.PutUint64(b[envelopeHeader+1:], uint64(at.UnixNano()))
+	return string(b[:])
+}
+
+// isTombstone reports whether a stored value is a tombstone: the
+// envelope of no data that expired at the Unix epoch, with or without a
+// reason.
 func isTombstone(value []byte) bool {
-	return string(value) == tombstone
+	return len(value) >= len(tombstone) && string(value[:len(tombstone)]) == tombstone
+}
+
+// tombstoneReason returns why and when the session whose tombstone is
+// value ended: EndUnknown and the zero time for a tombstone without a
+// reason, or with one this release does not know.
+func tombstoneReason(value []byte) (EndReason, time.Time) {
+	if len(value) != tombstoneSize || !isTombstone(value) {
+		return EndUnknown, time.Time{}
+	}
+	r := EndReason(value[envelopeHeader])
+	if r > endReasons {
+		return EndUnknown, time.Time{}
+	}
+	return r, time.Unix(0, int64(binary.BigEndian.Uint64(value[envelopeHeader+1:])))
 }
 
 // encodeEnvelope returns the envelope for data that expires at expiry, as
@@ -103,6 +135,16 @@ func sealedBy(value []byte) uint32 {
 // isSealed reports whether value is a sealed envelope.
 func isSealed(value []byte) bool {
 	return len(value) > len(envelopeMagic) && string(value[:len(envelopeMagic)]) == envelopeMagic && value[len(envelopeMagic)] == sealedVersion
+}
+
+// envelopeExpiry returns the expiry in the header of an envelope, sealed
+// or not, and false for a value that has none (a legacy value, or one too
+// short).
+func envelopeExpiry(value []byte) (time.Time, bool) {
+	if len(value) < envelopeHeader || string(value[:len(envelopeMagic)]) != envelopeMagic {
+		return time.Time{}, false
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(value[len(envelopeMagic)+1:]))), true
 }
 
 // decodeEnvelope splits a stored value into its expiry and data. The data

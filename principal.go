@@ -277,7 +277,7 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 			leaseErr = cmp.Or(leaseErr, err)
 			return id
 		}
-		batches := planDeletes(entries, ends, keep, s.keys.key, lease)
+		batches := planDeletes(entries, ends, keep, s.keys.key, lease, tombstoneOf(EndLogoutEverywhere, s.now()))
 		if leaseErr != nil {
 			return deleted, fmt.Errorf("etcdstore: delete by principal: %w", leaseErr)
 		}
@@ -351,8 +351,8 @@ type deleteBatch struct {
 // principal deletes the entry, while the commits of requests in flight
 // only rewrite it); a stale entry under a compare of its mod revision, so
 // that an entry written again since stays. key maps a token to its
-// session's key. It does no I/O but lease's.
-func planDeletes(entries []indexEntry, ends, keep map[string]bool, key func(token string) string, lease func() clientv3.LeaseID) []deleteBatch {
+// session's key; stone is the tombstone. It does no I/O but lease's.
+func planDeletes(entries []indexEntry, ends, keep map[string]bool, key func(token string) string, lease func() clientv3.LeaseID, stone string) []deleteBatch {
 	var batches []deleteBatch
 	var b deleteBatch
 	buried := make(map[string]bool)
@@ -367,7 +367,7 @@ func planDeletes(entries []indexEntry, ends, keep map[string]bool, key func(toke
 			buried[e.token] = true
 			id := lease()
 			b.cmps = append(b.cmps, clientv3.Compare(clientv3.CreateRevision(e.key), "=", e.created))
-			b.ops = append(b.ops, clientv3.OpPut(key(e.token), tombstone, clientv3.WithLease(id)), clientv3.OpDelete(e.key))
+			b.ops = append(b.ops, clientv3.OpPut(key(e.token), stone, clientv3.WithLease(id)), clientv3.OpDelete(e.key))
 			b.tokens = append(b.tokens, e.token)
 			b.leases = append(b.leases, id)
 		} else {

@@ -365,7 +365,7 @@ func TestPlanDeletesTwoEntries(t *testing.T) {
 		{key: "i/k1/t", token: "t", rev: 9, created: 8, id: 1},
 	}
 	live := map[string]bool{"i/k1/t": true}
-	batches := planDeletes(entries, live, nil, func(token string) string { return "s/" + token }, func() clientv3.LeaseID { return 1 })
+	batches := planDeletes(entries, live, nil, func(token string) string { return "s/" + token }, func() clientv3.LeaseID { return 1 }, tombstone)
 	if len(batches) != 1 || len(batches[0].tokens) != 1 || len(batches[0].ops) != 3 || len(batches[0].cmps) != 2 {
 		t.Fatalf("batches %+v: want one Txn burying t once, deleting both entries", batches)
 	}
@@ -418,7 +418,7 @@ func TestPlanDeletes(t *testing.T) {
 				}
 			}
 			leases := 0
-			batches := planDeletes(entries, live, keep, key, func() clientv3.LeaseID { leases++; return clientv3.LeaseID(leases) })
+			batches := planDeletes(entries, live, keep, key, func() clientv3.LeaseID { leases++; return clientv3.LeaseID(leases) }, tombstone)
 			tokens, ops, cmps := 0, 0, 0
 			for i, b := range batches {
 				if len(b.ops) > maxTxnOps || len(b.cmps) > maxTxnOps {
