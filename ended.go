@@ -35,12 +35,15 @@ const (
 	// EndExpired: the session's expiry passed; or a commit asked for an
 	// expiry that had passed, which ends the session as well.
 	EndExpired
+	// EndRevoked: ended by an operator, for every session at once (EndAll,
+	// the etcdstore command's logout -all).
+	EndRevoked
 
-	endReasons = EndExpired // the last
+	endReasons = EndRevoked // the last
 )
 
 // String returns the reason in words: "logged out", "logged out
-// everywhere", "ended by the session limit", "expired", or "unknown".
+// everywhere", "ended by the session limit", "expired", "revoked", or "unknown".
 func (r EndReason) String() string {
 	switch r {
 	case EndLogout:
@@ -51,6 +54,8 @@ func (r EndReason) String() string {
 		return "ended by the session limit"
 	case EndExpired:
 		return "expired"
+	case EndRevoked:
+		return "revoked"
 	}
 	return "unknown"
 }
