@@ -162,7 +162,7 @@ type pendingCommit struct {
 // revision after a concurrent commit of the session (see Conditional
 // writes).
 func (s *EtcdStore) commit(c call, w *pendingCommit) error {
-	batched := s.batches != nil
+	batched := s.batches != nil && !s.limited(w)
 	for {
 		var r commitResult
 		var err error
@@ -177,6 +177,8 @@ func (s *EtcdStore) commit(c call, w *pendingCommit) error {
 				}
 				continue
 			}
+		} else if s.limited(w) {
+			r, err = s.commitLimited(c, w)
 		} else {
 			r, err = s.tryCommit(c, w)
 		}

@@ -42,6 +42,7 @@ type EtcdStore struct {
 	leases  *leaseManager   // shared leases (lease.go)
 	tokens  *tokenMemory    // what the store last saw of each token (tokens.go)
 	index   *principalIndex // WithPrincipal, or nil (principal.go)
+	limit   *sessionLimit   // WithSessionLimit, or nil (limit.go)
 	cache   *readCache      // WithReadCache, or nil (cache.go)
 	batches *batching       // concurrent calls' shared requests, or nil (batch.go)
 	lines   commitLines     // commits in flight, by token (commitline.go)
@@ -103,6 +104,12 @@ func NewWithPrefix(client *clientv3.Client, prefix string, opts ...Option) *Etcd
 	}
 	if o.principal != "" {
 		s.index = newPrincipalIndex(o.principal, prefix, o.codec, s.stats, s.sealer)
+	}
+	if o.limit != nil {
+		if s.index == nil {
+			panic("etcdstore: WithSessionLimit counts each principal's sessions in the principal index: add WithPrincipal(key), naming the session key that holds the principal")
+		}
+		s.limit = o.limit
 	}
 	if !o.noBatching {
 		s.batches = newBatching(client)

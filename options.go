@@ -25,6 +25,7 @@ type options struct {
 	keys       [][]byte      // WithEncryption; nil: none
 	request    time.Duration // WithMaxRequestDuration
 	keepAlive  time.Duration // WithAuthKeepAlive
+	limit      *sessionLimit // WithSessionLimit; nil: none
 }
 
 // The defaults of the options.
@@ -293,4 +294,33 @@ func WithReadCache() Option {
 // in (no auth, or a client certificate's common name) starts none.
 func WithAuthKeepAlive(d time.Duration) Option {
 	return func(o *options) { o.keepAlive = d }
+}
+
+// WithSessionLimit caps each principal's live sessions at n (see Session
+// limits in the package documentation): a commit that gives a session a
+// principal it did not have, a login, makes room under policy, atomically
+// across every app server: EndOldest ends the principal's oldest sessions
+// (Ended then reports EndSessionLimit for them), RefuseNew fails the
+// commit with an error wrapping ErrSessionLimit. Commits that keep their
+// session's principal are not checked and cost nothing more; a login costs
+// one more read of the principal's sessions (docs/performance.md). n of
+// zero or less means no limit.
+//
+// It needs WithPrincipal, which names the principal: New panics without
+// it.
+func WithSessionLimit(n int, policy LimitPolicy) Option {
+	return WithSessionLimitFunc(func(string) int { return n }, policy)
+}
+
+// WithSessionLimitFunc is WithSessionLimit with a limit for each
+// principal: limit(principal), called on every login, where zero or less
+// means none. limit must be safe for concurrent use, and quick: it runs
+// in the commit, which holds the request. A nil limit means no limit.
+func WithSessionLimitFunc(limit func(principal string) int, policy LimitPolicy) Option {
+	return func(o *options) {
+		o.limit = nil
+		if limit != nil {
+			o.limit = &sessionLimit{of: limit, policy: policy}
+		}
+	}
 }

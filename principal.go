@@ -189,7 +189,7 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (sess
 	if err := clientErr(s.client); err != nil {
 		return nil, fmt.Errorf("etcdstore: find by principal: %w", err)
 	}
-	entries, kvs, err := s.principalSessions(s.calls.newCall(ctx), principal)
+	entries, kvs, _, err := s.principalSessions(s.calls.newCall(ctx), principal)
 	if err != nil {
 		return nil, fmt.Errorf("etcdstore: find by principal: %w", err)
 	}
@@ -250,7 +250,7 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 	}
 	c := s.calls.newCall(ctx)
 	for pass := range deletePasses {
-		entries, kvs, err := s.principalSessions(c, principal)
+		entries, kvs, _, err := s.principalSessions(c, principal)
 		if err != nil {
 			return deleted, fmt.Errorf("etcdstore: delete by principal: %w", err)
 		}
@@ -386,8 +386,9 @@ func planDeletes(entries []indexEntry, ends, keep map[string]bool, key func(toke
 }
 
 // principalSessions reads, within c, the index entries of principal and
-// the sessions they name, keyed by token (nil where there is none).
-func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, map[string]*mvccpb.KeyValue, error) {
+// the sessions they name, keyed by token (nil where there is none), and
+// returns the revision at which it read the entries.
+func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, map[string]*mvccpb.KeyValue, int64, error) {
 	// One range per key whose entries may index the principal's
 	// sessions: those in the clear, and those of each encryption key.
 	var froms []string
@@ -402,7 +403,7 @@ func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, m
 		return s.client.Txn(ctx).Then(ranges...).Commit()
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	var entries []indexEntry
 	for i, r := range resp.Responses {
@@ -424,7 +425,7 @@ func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, m
 			return s.client.Txn(ctx).Then(gets...).Commit()
 		})
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, 0, err
 		}
 		for i, r := range txn.Responses {
 			if got := r.GetResponseRange().GetKvs(); len(got) > 0 {
@@ -432,7 +433,7 @@ func (s *EtcdStore) principalSessions(c call, principal string) ([]indexEntry, m
 			}
 		}
 	}
-	return entries, kvs, nil
+	return entries, kvs, resp.Header.Revision, nil
 }
 
 // ofPrincipal returns the data of the stored session kv (nil: none) and

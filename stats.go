@@ -44,6 +44,10 @@ type Stats struct {
 	// (TouchesSkipped, ResurrectionsRefused, CommitConflicts) count such
 	// a shared commit once.
 	CommitsShared int64
+	// LimitRefused counts commits refused by the session limit
+	// (WithSessionLimit's RefuseNew, ErrSessionLimit); LimitEnded the
+	// sessions ended by it (EndOldest).
+	LimitRefused, LimitEnded int64
 	// CodecErrors counts the times the codec could not decode session
 	// data the store needed to read (WithTouchInterval, WithPrincipal):
 	// the data is written all the same, but its touches are not skipped
@@ -144,6 +148,7 @@ type stats struct {
 	findsByPrincipal, deletesByPrincipal atomic.Int64
 	touchesSkipped, refused, conflicts   atomic.Int64
 	commitsShared                        atomic.Int64
+	limitRefused, limitEnded             atomic.Int64
 	codecErrors, decryptFailures         atomic.Int64
 	noSpace, tooLarge, auth, corrupt     atomic.Int64
 	canceled, timeout, other             atomic.Int64
@@ -211,8 +216,10 @@ func (t timing) end(err *error) {
 func (c *stats) failed(err error) error {
 	var n *atomic.Int64
 	switch {
-	case err == nil:
-		return nil
+	case err == nil, errors.Is(err, ErrSessionLimit):
+		// A refusal by the session limit is the store working as asked:
+		// LimitRefused counts it.
+		return err
 	case errors.Is(err, rpctypes.ErrNoSpace):
 		n = &c.noSpace
 	case errors.Is(err, ErrValueTooLarge):
@@ -250,6 +257,8 @@ func (s *EtcdStore) Stats() Stats {
 		ResurrectionsRefused: c.refused.Load(),
 		CommitConflicts:      c.conflicts.Load(),
 		CommitsShared:        c.commitsShared.Load(),
+		LimitRefused:         c.limitRefused.Load(),
+		LimitEnded:           c.limitEnded.Load(),
 		CodecErrors:          c.codecErrors.Load(),
 		DecryptFailures:      c.decryptFailures.Load(),
 		LeaseGrants:          s.leases.granted.Load(),

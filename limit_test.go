@@ -1,0 +1,216 @@
+package etcdstore
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/etcdstore/etcdstore/internal/etcdtest"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Session limits (limit.go), against real etcd.
+
+// TestPlanLimit: the pure decision of a login.
+func TestPlanLimit(t *testing.T) {
+	c := func(token string, created int64, live bool) limitCandidate {
+		return limitCandidate{token: token, created: created, live: live}
+	}
+	tokens := func(cs []limitCandidate) []string {
+		var out []string
+		for _, c := range cs {
+			out = append(out, c.token)
+		}
+		return out
+	}
+	cands := []limitCandidate{c("b", 20, true), c("x", 5, false), c("a", 10, true), c("c", 30, true)}
+	for _, tc := range []struct {
+		n            int
+		policy       LimitPolicy
+		refuse       bool
+		oldest, gone []string
+	}{
+		{1, EndOldest, false, []string{"a", "b", "c"}, []string{"x"}},
+		{2, EndOldest, false, []string{"a", "b"}, []string{"x"}},
+		{3, EndOldest, false, []string{"a"}, []string{"x"}},
+		{4, EndOldest, false, nil, []string{"x"}},
+		{9, EndOldest, false, nil, []string{"x"}},
+		{3, RefuseNew, true, nil, nil},
+		{4, RefuseNew, false, nil, []string{"x"}},
+	} {
+		p := planLimit(slices.Clone(cands), tc.n, tc.policy)
+		if p.refuse != tc.refuse || !slices.Equal(tokens(p.oldest), tc.oldest) || !slices.Equal(tokens(p.gone), tc.gone) || p.live != 3 {
+			t.Errorf("limit %d, %v: refuse %v, oldest %v, gone %v, live %d; want %v, %v, %v, 3", tc.n, tc.policy, p.refuse, tokens(p.oldest), tokens(p.gone), p.live, tc.refuse, tc.oldest, tc.gone)
+		}
+	}
+}
+
+// TestSessionLimitEndsOldest: with a limit of 2, a third login ends the
+// first; the ended session's request in flight does not bring it back;
+// the reason is readable; commits that keep their principal make no read.
+func TestSessionLimitEndsOldest(t *testing.T) {
+	t.Parallel()
+	stores, c := appServers(t, 2, WithPrincipal("user"), WithSessionLimit(2, EndOldest))
+	a, b := stores[0], stores[1]
+	ctx := ctxFor(t)
+	exp := time.Now().Add(time.Hour)
+	for _, tok := range []string{"first", "second"} {
+		if err := a.CommitCtx(ctx, tok, userData(t, "ann", tok), exp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A request of "first" is in flight on a: it loaded the session.
+	if _, found, err := a.FindCtx(ctx, "first"); err != nil || !found {
+		t.Fatalf("Find(first) = %v, %v", found, err)
+	}
+	if err := b.CommitCtx(ctx, "third", userData(t, "ann", "third"), exp); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.CommitCtx(ctx, "first", userData(t, "ann", "first again"), exp); err != nil {
+		t.Fatalf("the ended session's request: %v", err)
+	}
+	got, err := b.FindByPrincipal(ctx, "ann")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys := slices.Sorted(mapsKeys(got)); !slices.Equal(keys, []string{"second", "third"}) {
+		t.Fatalf("ann's sessions: %v, want [second third]", keys)
+	}
+	e, ok, err := a.Ended(ctx, "first")
+	if err != nil || !ok || e.Reason != EndSessionLimit || time.Since(e.At) > time.Minute {
+		t.Fatalf("Ended(first) = %+v, %v, %v; want EndSessionLimit, just now", e, ok, err)
+	}
+	if st := b.Stats(); st.LimitEnded != 1 {
+		t.Errorf("Stats.LimitEnded = %d, want 1", st.LimitEnded)
+	}
+	// A commit that keeps its principal reads nothing first.
+	before := etcdtest.Revision(t, c)
+	if err := b.CommitCtx(ctx, "third", userData(t, "ann", "third, later"), exp); err != nil {
+		t.Fatal(err)
+	}
+	if after := etcdtest.Revision(t, c); after != before+1 {
+		t.Errorf("a commit that keeps its principal moved the revision by %d, want 1", after-before)
+	}
+}
+
+// TestSessionLimitRefusesNew: with RefuseNew, a login over the limit fails
+// with ErrSessionLimit and writes nothing; after a logout it succeeds.
+func TestSessionLimitRefusesNew(t *testing.T) {
+	t.Parallel()
+	s, c := newStore(t, WithPrincipal("user"), WithSessionLimitFunc(func(p string) int {
+		if p == "bob" {
+			return 1
+		}
+		return 0
+	}, RefuseNew))
+	ctx := ctxFor(t)
+	exp := time.Now().Add(time.Hour)
+	if err := s.CommitCtx(ctx, "b1", userData(t, "bob", "1"), exp); err != nil {
+		t.Fatal(err)
+	}
+	err := s.CommitCtx(ctx, "b2", userData(t, "bob", "2"), exp)
+	if !errors.Is(err, ErrSessionLimit) {
+		t.Fatalf("second login of bob: %v, want ErrSessionLimit", err)
+	}
+	t.Logf("the refusal: %v", err)
+	if v := rawValue(t, c, s, "b2"); v != nil {
+		t.Fatalf("a refused login wrote %q", v.value)
+	}
+	// Others have no limit.
+	for i := range 3 {
+		if err := s.CommitCtx(ctx, fmt.Sprint("c", i), userData(t, "carol", "x"), exp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.DeleteCtx(ctx, "b1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CommitCtx(ctx, "b2", userData(t, "bob", "2"), exp); err != nil {
+		t.Fatalf("a login after the logout: %v", err)
+	}
+	st := s.Stats()
+	if st.LimitRefused != 1 || st.Errors.Other != 0 {
+		t.Errorf("Stats: LimitRefused %d, Errors.Other %d; want 1, 0", st.LimitRefused, st.Errors.Other)
+	}
+}
+
+// TestSessionLimitEndsExpired: a session whose expiry passed but whose key
+// etcd still holds is ended by the next login, with EndExpired, so that
+// its request in flight cannot commit it back past the limit.
+func TestSessionLimitEndsExpired(t *testing.T) {
+	t.Parallel()
+	stores, _ := appServers(t, 2, WithPrincipal("user"), WithSessionLimit(1, RefuseNew))
+	a, b := stores[0], stores[1]
+	ctx := ctxFor(t)
+	now := time.Now()
+	setClock(now, a, b)
+	if err := a.CommitCtx(ctx, "old", userData(t, "dan", "old"), now.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, err := a.FindCtx(ctx, "old"); err != nil || !found {
+		t.Fatalf("Find(old) = %v, %v", found, err)
+	}
+	// Its expiry passes while its request runs; dan logs in elsewhere.
+	setClock(now.Add(2*time.Minute), a, b)
+	if err := b.CommitCtx(ctx, "new", userData(t, "dan", "new"), now.Add(time.Hour)); err != nil {
+		t.Fatalf("login with only an expired session: %v", err)
+	}
+	if err := a.CommitCtx(ctx, "old", userData(t, "dan", "old"), now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, _ := b.FindCtx(ctx, "old"); found {
+		t.Fatal("the expired session's request brought it back past the limit")
+	}
+	if e, ok, err := b.Ended(ctx, "old"); err != nil || !ok || e.Reason != EndExpired {
+		t.Fatalf("Ended(old) = %+v, %v, %v; want EndExpired", e, ok, err)
+	}
+}
+
+// TestSessionLimitNeedsPrincipal: the option without WithPrincipal is a
+// configuration error, said at New.
+func TestSessionLimitNeedsPrincipal(t *testing.T) {
+	c := etcdtest.Start(t).Client(t)
+	defer func() {
+		if r := recover(); r == nil {
+			t.Fatal("no panic")
+		} else {
+			t.Logf("New panics: %v", r)
+		}
+	}()
+	New(c, WithSessionLimit(1, EndOldest))
+}
+
+// liveOf counts the sessions of principal that s's keyspace held live at
+// revision rev (0: now), as of s's clock.
+func liveOf(t *testing.T, c *clientv3.Client, s *EtcdStore, principal string, rev int64) []string {
+	t.Helper()
+	resp, err := c.Get(ctxFor(t), s.keys.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var live []string
+	for _, kv := range resp.Kvs {
+		if _, names, ok, err := s.storedPrincipal(kv, principal); err != nil {
+			t.Fatal(err)
+		} else if names && ok {
+			live = append(live, string(kv.Key[len(s.keys.prefix):]))
+		}
+	}
+	return live
+}
+
+// mapsKeys returns the keys of m, for slices.Sorted.
+func mapsKeys[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+var _ = sync.Mutex{}
