@@ -213,4 +213,119 @@ func mapsKeys[V any](m map[string]V) func(func(string) bool) {
 	}
 }
 
-var _ = sync.Mutex{}
+// loginTrials runs trials of simultaneous logins of one principal (a user
+// of its own each trial), logins of them spread over stores, under limit
+// n and policy, and checks each trial against etcd's history: at no
+// revision does the principal have more than n live sessions; with
+// EndOldest every login succeeds and the n last written survive; with
+// RefuseNew exactly the logins over n are refused, and those written
+// survive. during, if not nil, runs in a goroutine during trial 1 (a
+// fault). It returns how many logins were refused.
+func loginTrials(t *testing.T, c *clientv3.Client, stores []*EtcdStore, trials, logins, n int, policy LimitPolicy, during func()) int {
+	t.Helper()
+	refusedAll := 0
+	for trial := range trials {
+		user := fmt.Sprintf("u%d", trial)
+		from := etcdtest.Revision(t, c)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		errs := make([]error, logins)
+		for i := range logins {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				s := stores[i%len(stores)]
+				errs[i] = s.CommitCtx(ctxFor(t), fmt.Sprintf("%s-%d", user, i), userData(t, user, "login"), time.Now().Add(time.Hour))
+			}()
+		}
+		if trial == 1 && during != nil {
+			go during()
+		}
+		close(start)
+		wg.Wait()
+		var written []string
+		refused := 0
+		for i, err := range errs {
+			switch {
+			case errors.Is(err, ErrSessionLimit):
+				refused++
+			case err != nil:
+				t.Fatalf("trial %d, login %d: %v", trial, i, err)
+			default:
+				written = append(written, fmt.Sprintf("%s-%d", user, i))
+			}
+		}
+		refusedAll += refused
+		to := etcdtest.Revision(t, c)
+		for rev := from; rev <= to; rev++ {
+			if live := liveOf(t, c, stores[0], user, rev); len(live) > n {
+				t.Fatalf("trial %d: at revision %d %s has %d live sessions, over the limit of %d: %v", trial, rev, user, len(live), n, live)
+			}
+		}
+		live := liveOf(t, c, stores[0], user, 0)
+		slices.Sort(live)
+		var want []string
+		switch policy {
+		case EndOldest:
+			if refused > 0 {
+				t.Fatalf("trial %d: %d logins refused under EndOldest", trial, refused)
+			}
+			// The last n written: by their keys' create revisions.
+			created := make(map[string]int64)
+			for _, tok := range written {
+				resp, err := c.Get(ctxFor(t), stores[0].keys.key(tok))
+				if err != nil || len(resp.Kvs) == 0 {
+					t.Fatalf("get %s: %v", tok, err)
+				}
+				created[tok] = resp.Kvs[0].CreateRevision
+			}
+			byCreation := slices.Clone(written)
+			slices.SortFunc(byCreation, func(a, b string) int { return int(created[a] - created[b]) })
+			want = byCreation[max(0, len(byCreation)-n):]
+		case RefuseNew:
+			if refused != logins-n {
+				t.Fatalf("trial %d: %d of %d logins refused under a limit of %d, want %d", trial, refused, logins, n, logins-n)
+			}
+			want = written
+		}
+		want = slices.Sorted(slices.Values(want))
+		if !slices.Equal(live, want) {
+			t.Fatalf("trial %d: live sessions %v, want %v", trial, live, want)
+		}
+	}
+	return refusedAll
+}
+
+// TestSessionLimitConcurrentLogins: three app servers, six simultaneous
+// logins of one user, trial after trial, limits 1 and 2, both policies.
+func TestSessionLimitConcurrentLogins(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{1, 2} {
+		for _, policy := range []LimitPolicy{EndOldest, RefuseNew} {
+			t.Run(fmt.Sprintf("limit=%d/%s", n, policy), func(t *testing.T) {
+				t.Parallel()
+				stores, c := appServers(t, 3, WithPrincipal("user"), WithSessionLimit(n, policy))
+				loginTrials(t, c, stores, 8, 6, n, policy, nil)
+			})
+		}
+	}
+}
+
+// TestSessionLimitLeaderKill: the same on a three-member cluster whose
+// leader is killed during the second trial.
+func TestSessionLimitLeaderKill(t *testing.T) {
+	t.Parallel()
+	for _, policy := range []LimitPolicy{EndOldest, RefuseNew} {
+		t.Run(policy.String(), func(t *testing.T) {
+			t.Parallel()
+			cl := etcdtest.StartCluster(t, 3)
+			stores := make([]*EtcdStore, 3)
+			for i := range stores {
+				stores[i] = NewWithPrefix(cl.Client(t), testPrefix(t), WithPrincipal("user"), WithSessionLimit(2, policy))
+			}
+			c := cl.Client(t)
+			loginTrials(t, c, stores, 5, 6, 2, policy, func() { cl.Kill(cl.Leader()) })
+		})
+	}
+}
