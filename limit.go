@@ -82,8 +82,10 @@ func (p LimitPolicy) String() string {
 var ErrSessionLimit = errors.New("etcdstore: session limit reached")
 
 // limitPasses bounds how often a limited commit reads the principal's
-// sessions again after a concurrent change failed its Txn.
-const limitPasses = 8
+// sessions again after a concurrent change failed its Txn, with a growing
+// random pause between: within the call's deadline, and at most this
+// often.
+const limitPasses = 64
 
 // maxEndsPerTxn bounds the sessions one limited commit's Txn ends: two
 // operations each, with the commit's own three, within etcd's default
@@ -199,7 +201,10 @@ type limitedResult struct {
 // commit to decide as any other's.
 func (s *EtcdStore) commitLimited(c call, w *pendingCommit) (commitResult, error) {
 	n := s.limit.of(w.principal)
-	for range limitPasses {
+	for pass := range limitPasses {
+		if pass > 0 && !s.calls.pause(c, pass) {
+			break
+		}
 		entries, kvs, rev, err := s.principalSessions(c, w.principal)
 		if err != nil {
 			return commitResult{}, err
@@ -245,7 +250,7 @@ func (s *EtcdStore) commitLimited(c call, w *pendingCommit) (commitResult, error
 		}
 		return r.commitResult, nil
 	}
-	return commitResult{}, errors.New("the principal's sessions kept changing; try again")
+	return commitResult{}, fmt.Errorf("other logins of the principal kept changing its sessions for %d tries: %w", limitPasses, context.DeadlineExceeded)
 }
 
 // limitedOnce makes one attempt of w's limited Txn, planned as plan on a

@@ -3,8 +3,10 @@ package etcdstore
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -326,6 +328,95 @@ func TestSessionLimitLeaderKill(t *testing.T) {
 			}
 			c := cl.Client(t)
 			loginTrials(t, c, stores, 5, 6, 2, policy, func() { cl.Kill(cl.Leader()) })
+		})
+	}
+}
+
+// TestSessionLimitRandomSchedules: random schedules of logins, requests
+// that load a session and commit it later, logouts, logouts everywhere
+// and expiries, by workers on three app servers, for one user with a limit
+// of 2. At no revision of etcd's history does the user have more than 2
+// live sessions. Sessions last a minute; halfway, every store's clock
+// jumps two minutes, so that each then is expired while etcd still holds
+// its key and requests in flight commit it again. The seed is logged.
+func TestSessionLimitRandomSchedules(t *testing.T) {
+	t.Parallel()
+	for _, policy := range []LimitPolicy{EndOldest, RefuseNew} {
+		t.Run(policy.String(), func(t *testing.T) {
+			t.Parallel()
+			const n, workers, steps = 2, 6, 60
+			seed := uint64(time.Now().UnixNano())
+			t.Logf("seed %d", seed)
+			var skew atomic.Int64
+			stores, c := appServers(t, 3, WithPrincipal("user"), WithSessionLimit(n, policy))
+			for _, s := range stores {
+				s.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+			}
+			from := etcdtest.Revision(t, c)
+			var jumpedAt atomic.Int64 // the revision before the jump
+			var wg sync.WaitGroup
+			var done atomic.Int64
+			for w := range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rnd := rand.New(rand.NewPCG(seed, uint64(w)))
+					s := stores[w%len(stores)]
+					var mine []string
+					for i := range steps {
+						if done.Add(1) == workers*steps/2 {
+							jumpedAt.Store(etcdtest.Revision(t, c))
+							skew.Store(int64(2 * time.Minute))
+						}
+						ctx := ctxFor(t)
+						var err error
+						switch op := rnd.IntN(20); {
+						case op < 6 || len(mine) == 0: // a login
+							tok := fmt.Sprintf("w%d-%d", w, i)
+							mine = append(mine, tok)
+							err = s.CommitCtx(ctx, tok, userData(t, "eve", tok), s.now().Add(time.Minute))
+						case op < 16: // a request: load, work, commit
+							tok := mine[rnd.IntN(len(mine))]
+							var found bool
+							if _, found, err = s.FindCtx(ctx, tok); err == nil && found {
+								time.Sleep(time.Duration(rnd.IntN(5)) * time.Millisecond)
+								err = s.CommitCtx(ctx, tok, userData(t, "eve", tok), s.now().Add(time.Minute))
+							}
+						case op < 19: // a logout
+							err = s.DeleteCtx(ctx, mine[rnd.IntN(len(mine))])
+						default: // log out everywhere
+							_, err = s.DeleteByPrincipal(ctx, "eve")
+						}
+						if err != nil && !errors.Is(err, ErrSessionLimit) {
+							t.Errorf("worker %d, step %d: %v", w, i, err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			to := etcdtest.Revision(t, c)
+			jump := jumpedAt.Load()
+			checked := 0
+			for rev := from; rev <= to; rev++ {
+				// Each revision as of its own time: before the jump, the
+				// clock without it (some seconds late, well within the
+				// minute); after, with it. A commit that read its clock
+				// before the jump and landed after counts as expired, which
+				// can only undercount.
+				skewAt := time.Duration(0)
+				if rev > jump {
+					skewAt = 2 * time.Minute
+				}
+				stores[0].now = func() time.Time { return time.Now().Add(skewAt) }
+				if live := liveOf(t, c, stores[0], "eve", rev); len(live) > n {
+					t.Fatalf("seed %d: at revision %d eve has %d live sessions, over the limit of %d: %v", seed, rev, len(live), n, live)
+				}
+				checked++
+			}
+			t.Logf("%d revisions checked; limit ended %d, refused %d", checked,
+				stores[0].Stats().LimitEnded+stores[1].Stats().LimitEnded+stores[2].Stats().LimitEnded,
+				stores[0].Stats().LimitRefused+stores[1].Stats().LimitRefused+stores[2].Stats().LimitRefused)
 		})
 	}
 }

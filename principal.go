@@ -56,8 +56,9 @@ const PrincipalIndexRoot = "etcdstore/principal/"
 const maxTxnOps = 128
 
 // deletePasses bounds how often DeleteByPrincipal reads the index again
-// after a concurrent change made one of its Txns fail.
-const deletePasses = 5
+// after a concurrent change made one of its Txns fail, with a growing
+// random pause between (retrier.pause), within the call's deadline.
+const deletePasses = 64
 
 // PrincipalIndexPrefix returns the key prefix of the principal index of a
 // store whose sessions are under prefix: the range, for an etcd role, is
@@ -217,8 +218,9 @@ func (s *EtcdStore) FindByPrincipal(ctx context.Context, principal string) (sess
 // its principal deletes that entry, while the commits of requests in
 // flight only rewrite it), in Txns of at most 64 sessions (etcd's
 // --max-txn-ops defaults to 128); a Txn that a concurrent change fails is
-// made again from a fresh read, up to 5 times. All of it waits for etcd
-// no longer than the store's timeout (WithTimeout).
+// made again from a fresh read, after a growing random pause, until the
+// call's deadline. All of it waits for etcd no longer than the store's
+// timeout (WithTimeout).
 //
 // Once it returns nil, no request in flight on any app server can bring
 // one of the ended sessions back: each leaves a tombstone, as Delete's,
@@ -250,6 +252,9 @@ func (s *EtcdStore) DeleteByPrincipal(ctx context.Context, principal string, exc
 	}
 	c := s.calls.newCall(ctx)
 	for pass := range deletePasses {
+		if pass > 0 && !s.calls.pause(c, pass) {
+			break
+		}
 		entries, kvs, _, err := s.principalSessions(c, principal)
 		if err != nil {
 			return deleted, fmt.Errorf("etcdstore: delete by principal: %w", err)

@@ -125,6 +125,16 @@ func (r *retrier) newCall(ctx context.Context) call {
 	return call{ctx: clientv3.WithRequireLeader(ctx), deadline: deadline, share: deadline.Sub(start) / attemptShare}
 }
 
+// pause waits before pass (> 0) of a read-decide-write loop whose Txn a
+// concurrent change failed: a random time below 1 ms << pass, at most
+// maxBackoff, so that calls that failed together do not come back
+// together. It reports whether c may go on: false once its context ended
+// or its deadline passed.
+func (r *retrier) pause(c call, pass int) bool {
+	wait := rand.N(min(time.Millisecond<<min(pass, 20), maxBackoff))
+	return r.clock.Sleep(c.ctx, wait) == nil && c.alive()
+}
+
 // do calls attempt until it succeeds, fails in a way no retry can fix, or
 // c's deadline passes. Each attempt's context ends at the deadline, or,
 // while more than two shares of the call's time remain, after one share.
