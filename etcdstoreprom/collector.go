@@ -29,6 +29,10 @@
 //	etcdstore_commits_shared_total         counter: commits acknowledged with the write of
 //	                                       a later concurrent commit of the session by the
 //	                                       same store (a burst of one session's requests).
+//	etcdstore_session_limit_refused_total  counter: logins refused by the session limit
+//	                                       (WithSessionLimit's RefuseNew, ErrSessionLimit).
+//	etcdstore_session_limit_ended_total    counter: sessions ended by the session limit
+//	                                       (EndOldest): users signing in on one device too many.
 //	etcdstore_resurrections_refused_total  counter: commits that wrote nothing, the session
 //	                                       having been deleted (a logout overtook them).
 //	etcdstore_touches_skipped_total        counter: commits that wrote nothing, with
@@ -85,7 +89,7 @@ type collector struct {
 	calls, duration, errors, cache, cacheOff         *prometheus.Desc
 	batches, batched, refusedBatches                 *prometheus.Desc
 	retries, conflicts, refused, touches, codecError *prometheus.Desc
-	shared                                           *prometheus.Desc
+	shared, limitRefused, limitEnded                 *prometheus.Desc
 	decryptFailure                                   *prometheus.Desc
 	grants, leases, remembered                       *prometheus.Desc
 }
@@ -109,6 +113,8 @@ func NewCollector(store StatsSource, name string) prometheus.Collector {
 		retries:        desc("retries_total", "etcd requests tried again after a leader change or a lost connection."),
 		conflicts:      desc("commit_conflicts_total", "Commits made again on a newer revision: a concurrent commit of the session came first."),
 		shared:         desc("commits_shared_total", "Commits acknowledged with the write of a later concurrent commit of the session by the same store."),
+		limitRefused:   desc("session_limit_refused_total", "Logins refused by the session limit (ErrSessionLimit)."),
+		limitEnded:     desc("session_limit_ended_total", "Sessions ended by the session limit (EndOldest)."),
 		refused:        desc("resurrections_refused_total", "Commits that wrote nothing: the session had been deleted."),
 		touches:        desc("touches_skipped_total", "Commits that wrote nothing: the session was unchanged and its expiry moved less than the touch interval."),
 		codecError:     desc("codec_errors_total", "Session data the codec could not decode: WithCodec is not the session manager's codec."),
@@ -166,6 +172,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.retries, st.Retries)
 	counter(c.conflicts, st.CommitConflicts)
 	counter(c.shared, st.CommitsShared)
+	counter(c.limitRefused, st.LimitRefused)
+	counter(c.limitEnded, st.LimitEnded)
 	counter(c.refused, st.ResurrectionsRefused)
 	counter(c.touches, st.TouchesSkipped)
 	counter(c.codecError, st.CodecErrors)
