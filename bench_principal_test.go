@@ -2,6 +2,7 @@ package etcdstore_test
 
 import (
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,6 +190,62 @@ func BenchmarkByPrincipal(b *testing.B) {
 				}
 				b.ReportMetric(float64(took.Nanoseconds())/(float64(b.Elapsed().Nanoseconds())/float64(b.N)), "x-iterate")
 			})
+		})
+	}
+}
+
+// BenchmarkLogin times a login, a commit that gives a new session its
+// user, on a store with a session limit (WithSessionLimit) against one
+// without, in the same run: "under" with a limit no user reaches (the
+// login reads the user's sessions first), "at" with a limit of 2 that
+// every login of a user past their second reaches (it ends the oldest in
+// the same Txn), each on 32 goroutines; under-serial one login at a
+// time. Logins cycle over 2,000 users. recommit-limit times a
+// commit that keeps its user, on a store with the limit, against one
+// without (recommit): it is not checked.
+func BenchmarkLogin(b *testing.B) {
+	client, ctx := benchServer(b)
+	const users = 2000
+	values := make([][]byte, users)
+	for i := range values {
+		values[i] = userSession(b, "user-"+strconv.Itoa(i))
+	}
+	// Each login is of a new token, warm-up and runs alike.
+	var logins atomic.Int64
+	login := func(name string, s *etcdstore.EtcdStore) contender {
+		return contender{name, func(i int) error {
+			token := "login-" + strconv.FormatInt(logins.Add(1), 36)
+			return s.CommitCtx(ctx, token, values[i%users], time.Now().Add(sessionLifetime))
+		}}
+	}
+	plain := etcdstore.NewWithPrefix(client, "plain:", etcdstore.WithPrincipal("user"))
+	under := etcdstore.NewWithPrefix(client, "under:", etcdstore.WithPrincipal("user"), etcdstore.WithSessionLimit(1000, etcdstore.EndOldest))
+	at := etcdstore.NewWithPrefix(client, "at:", etcdstore.WithPrincipal("user"), etcdstore.WithSessionLimit(2, etcdstore.EndOldest))
+	tokens := newTokens(hotSessions)
+	recommit := func(name string, s *etcdstore.EtcdStore) contender {
+		return contender{name, func(i int) error {
+			return s.CommitCtx(ctx, tokens[i%hotSessions], values[i%hotSessions%users], time.Now().Add(sessionLifetime))
+		}}
+	}
+	for _, bc := range []struct {
+		name        string
+		goroutines  int
+		store, base contender
+	}{
+		{"under", benchGoroutines, login("login-limit-under", under), login("login", plain)},
+		{"at", benchGoroutines, login("login-limit-at", at), login("login", plain)},
+		{"under-serial", 1, login("login-limit-under", under), login("login", plain)},
+		{"recommit", benchGoroutines, recommit("recommit-limit", under), recommit("recommit", plain)},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for _, c := range []contender{bc.store, bc.base} {
+				var warm sample
+				if err := runChunk(&warm, hotSessions, benchGoroutines, c.op); err != nil {
+					b.Fatalf("warm up %s: %v", c.name, err)
+				}
+			}
+			s, base := interleaveOn(b, bc.goroutines, func() { compact(b, ctx, client) }, bc.store, bc.base)
+			reportBaselines(b, s, []contender{bc.base}, base)
 		})
 	}
 }
