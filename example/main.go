@@ -29,13 +29,21 @@
 // On a cluster that holds only sessions and compacts nothing itself,
 // -compact 5m makes the copies compact it, one of them every 5 minutes.
 //
+// -max-sessions 1 lets each user be logged in on one browser at a time,
+// across all the copies: a login on a second browser ends the first's
+// session, whose next visit to / says why, or with -on-max-sessions
+// refuse is answered 409 "too many devices" while the first stays.
+//
+//	go run ./example -max-sessions 1
+//
 // Routes:
 //
-//	/          what the session holds
+//	/          what the session holds, or why it ended
 //	/put       store the form value "m" in the session, or a greeting
 //	/get       show the message
 //	/count     count the session's requests: a write on every request
 //	/login     log in as the form value "name", under a new token
+//	           (409 when -max-sessions refuses it)
 //	/logout    destroy the session
 //	/sessions  count the live sessions
 //	/devices   the sessions of the user logged in
@@ -84,6 +92,16 @@ type config struct {
 	password   string        // the etcd user's password
 	wait       time.Duration // how long to wait for etcd at startup; 0: etcdTimeout
 	keepAlive  time.Duration // etcdstore.WithAuthKeepAlive; 0: its default (tests set it, with a short --auth-token-ttl)
+	// etcdstore.WithSessionLimit: each user's live sessions at most
+	// maxSessions (0: no limit), past it limitPolicy.
+	maxSessions int
+	limitPolicy etcdstore.LimitPolicy
+}
+
+// limitPolicies are the values of -on-max-sessions.
+var limitPolicies = map[string]etcdstore.LimitPolicy{
+	"end-oldest": etcdstore.EndOldest,
+	"refuse":     etcdstore.RefuseNew,
 }
 
 // passwordEnv names the environment variable that holds the etcd user's
@@ -94,7 +112,7 @@ const passwordEnv = "ETCD_PASSWORD"
 // parseFlags reads the configuration from the command-line arguments.
 func parseFlags(args []string, output io.Writer) (config, error) {
 	var cfg config
-	var endpoints string
+	var endpoints, policy string
 	fs := flag.NewFlagSet("example", flag.ContinueOnError)
 	fs.SetOutput(output)
 	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:4000", "HTTP listen `address`")
@@ -113,6 +131,8 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	fs.StringVar(&cfg.key, "key", "", "PEM `file` of the private key of -cert")
 	fs.StringVar(&cfg.user, "user", "", "etcd user `name` to log in as, with -password, when etcd has auth enabled")
 	fs.StringVar(&cfg.password, "password", "", "`password` of -user (default $"+passwordEnv+", read when -password is empty; the environment does not show in the process list)")
+	fs.IntVar(&cfg.maxSessions, "max-sessions", 0, "each user's live sessions at most `N`, across all app servers; 0 for no limit (etcdstore.WithSessionLimit)")
+	fs.StringVar(&policy, "on-max-sessions", "end-oldest", "the `policy` of a login past -max-sessions: end-oldest ends the user's oldest session, whose browser is told why; refuse answers the new login 409 \"too many devices\"")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
@@ -127,6 +147,11 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	p, ok := limitPolicies[policy]
+	if !ok {
+		return config{}, fmt.Errorf("-on-max-sessions %q: want end-oldest or refuse", policy)
+	}
+	cfg.limitPolicy = p
 	for _, ep := range strings.Split(endpoints, ",") {
 		if ep = strings.TrimSpace(ep); ep != "" {
 			cfg.endpoints = append(cfg.endpoints, ep)
@@ -141,7 +166,7 @@ func parseFlags(args []string, output io.Writer) (config, error) {
 	return cfg, nil
 }
 
-// check checks the durations and the prefix.
+// check checks the durations, the prefix and the session limit.
 func (cfg config) check() error {
 	if err := etcdstore.CheckPrefix(cfg.prefix); err != nil {
 		return fmt.Errorf("-prefix: %w", err)
@@ -157,6 +182,8 @@ func (cfg config) check() error {
 		return errors.New("-touch must not be negative")
 	case cfg.timeout <= 0:
 		return errors.New("-timeout must be positive")
+	case cfg.maxSessions < 0:
+		return errors.New("-max-sessions must not be negative: 0 for no limit")
 	case cfg.idle > 0 && cfg.touch >= cfg.idle:
 		return fmt.Errorf("-touch %v must be less than -idle %v: an active session would expire a fixed time after its last write", cfg.touch, cfg.idle)
 	}
@@ -233,6 +260,10 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 		etcdstore.WithPrincipal(exampleapp.PrincipalKey), etcdstore.WithAuthKeepAlive(cfg.keepAlive)}
 	if cfg.cache {
 		opts = append(opts, etcdstore.WithReadCache())
+	}
+	if cfg.maxSessions > 0 {
+		opts = append(opts, etcdstore.WithSessionLimit(cfg.maxSessions, cfg.limitPolicy))
+		log.Printf("each user's live sessions at most %d; a login past the limit: %v", cfg.maxSessions, cfg.limitPolicy)
 	}
 	store := etcdstore.NewWithPrefix(conn.client, cfg.prefix, opts...)
 	defer store.Close()

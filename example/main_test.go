@@ -9,6 +9,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -139,6 +140,10 @@ func TestParseFlags(t *testing.T) {
 		{"-user", "app", "-password", "pw"},
 		{"-etcd", "https://127.0.0.1:2379", "-cert", "c.pem"},
 		{"-etcd", "https://127.0.0.1:2379", "-user", "app:pw"},
+		{"-max-sessions", "-1"},
+		{"-max-sessions", "one"},
+		{"-max-sessions", "1", "-on-max-sessions", "refuse-new"},
+		{"-on-max-sessions", ""},
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q): no error", args)
@@ -158,6 +163,73 @@ func TestParseFlags(t *testing.T) {
 		if cfg, err := parseFlags(tc.args, io.Discard); err != nil || cfg.touch != tc.touch {
 			t.Errorf("parseFlags(%q): touch %v, %v; want %v", tc.args, cfg.touch, err, tc.touch)
 		}
+	}
+}
+
+// -max-sessions is 0, no limit, unless given; -on-max-sessions takes
+// end-oldest, the default, or refuse.
+func TestParseFlagsSessionLimit(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args   []string
+		max    int
+		policy etcdstore.LimitPolicy
+	}{
+		{nil, 0, etcdstore.EndOldest},
+		{[]string{"-max-sessions", "1"}, 1, etcdstore.EndOldest},
+		{[]string{"-max-sessions", "3", "-on-max-sessions", "end-oldest"}, 3, etcdstore.EndOldest},
+		{[]string{"-max-sessions", "2", "-on-max-sessions", "refuse"}, 2, etcdstore.RefuseNew},
+		{[]string{"-max-sessions", "0", "-on-max-sessions", "refuse"}, 0, etcdstore.RefuseNew},
+	} {
+		cfg, err := parseFlags(tc.args, io.Discard)
+		if err != nil || cfg.maxSessions != tc.max || cfg.limitPolicy != tc.policy {
+			t.Errorf("parseFlags(%q): max sessions %d, policy %v, %v; want %d, %v", tc.args, cfg.maxSessions, cfg.limitPolicy, err, tc.max, tc.policy)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-max-sessions", "-1"}, "-max-sessions must not be negative: 0 for no limit"},
+		{[]string{"-on-max-sessions", "oldest"}, `-on-max-sessions "oldest": want end-oldest or refuse`},
+	} {
+		if _, err := parseFlags(tc.args, io.Discard); err == nil || err.Error() != tc.want {
+			t.Errorf("parseFlags(%q) = %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// The example with -max-sessions 1: a second browser's login as the same
+// user ends the first's session, and the first is told why; with
+// -on-max-sessions refuse, the second is answered 409 and the first
+// stays.
+func TestServeSessionLimit(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		policy string
+		code   int    // of the second login
+		first  string // the first browser's home page, from its start
+	}{
+		{"end-oldest", http.StatusOK, "not logged in\nyou were signed out: ended by the session limit, at "},
+		{"refuse", http.StatusConflict, "logged in as ann\n"},
+	} {
+		t.Run(tc.policy, func(t *testing.T) {
+			t.Parallel()
+			cfg, err := parseFlags([]string{"-data", t.TempDir(), "-addr", "127.0.0.1:0", "-max-sessions", "1", "-on-max-sessions", tc.policy}, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			base, _ := startApp(t, cfg)
+			a, b := webtest.New(t), webtest.New(t)
+			a.Want(base, "/login?name=ann", "logged in as ann\n")
+			if code, body := b.Get(base, "/login?name=ann"); code != tc.code {
+				t.Fatalf("the second login: %d %q, want %d", code, body, tc.code)
+			}
+			if got := a.MustGet(base, "/"); !strings.HasPrefix(got, tc.first) {
+				t.Errorf("the first browser's home page %q, want it to start %q", got, tc.first)
+			}
+			a.Want(base, "/sessions", "live sessions: 1\n")
+		})
 	}
 }
 

@@ -61,13 +61,16 @@ func NewSessionManager(store scs.Store, idle, lifetime time.Duration) *scs.Sessi
 }
 
 // New returns the app's handler: its routes behind sm.LoadAndSave, which
-// loads each request's session and commits it before the response.
+// loads each request's session and commits it before the response. A
+// request whose cookie's session has ended is told why on /, while the
+// store keeps its tombstone (signedOut).
 //
-//	/          what the session holds, and the routes
+//	/          what the session holds, why it ended, and the routes
 //	/put       store the form value "m" in the session, or a greeting
 //	/get       show the message
 //	/count     count the session's requests here: a write on every request
-//	/login     log in as the form value "name", under a new token
+//	/login     log in as the form value "name", under a new token; 409
+//	           when the user's session limit refuses another session
 //	/logout    destroy the session
 //	/sessions  count the live sessions
 //	/devices   the sessions of the user logged in, and which is this one
@@ -84,7 +87,7 @@ func New(sm *scs.SessionManager) http.Handler {
 	mux.HandleFunc("GET /sessions", a.sessions)
 	mux.HandleFunc("GET /devices", a.devices)
 	mux.HandleFunc("POST /logout-everywhere", a.logoutEverywhere)
-	return sm.LoadAndSave(mux)
+	return sm.LoadAndSave(a.signedOut(mux))
 }
 
 type app struct {
@@ -98,6 +101,9 @@ func (a *app) home(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "logged in as %s\n", user)
 	} else {
 		fmt.Fprintln(w, "not logged in")
+	}
+	if e, ok := endingOf(ctx); ok {
+		fmt.Fprintln(w, signedOutLine(e))
 	}
 	fmt.Fprintf(w, "message: %q\n\n", a.sm.GetString(ctx, keyMessage))
 	fmt.Fprintln(w, "routes: /put?m=MESSAGE /get /count /login?name=NAME /logout /sessions /devices, POST /logout-everywhere")
@@ -132,9 +138,27 @@ func (a *app) count(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "count: %d\n", n)
 }
 
+// tooManyDevices answers a login that the user's session limit refuses
+// (etcdstore.WithSessionLimit with etcdstore.RefuseNew), with 409
+// Conflict: the name is fine, but the user's sessions elsewhere conflict
+// with one more, and a logout on one of them makes the same login work.
+const tooManyDevices = "too many devices: log out on another device first"
+
 // login logs the visitor in as the form value "name" (query or body).
 // The session keeps its data but gets a new token, so a token planted
 // before the login (session fixation) is worth nothing after it.
+//
+// It commits the session itself, so that a store with a session limit
+// that refuses it (an error wrapping etcdstore.ErrSessionLimit; the
+// store wrote nothing) is answered with 409 and tooManyDevices, not
+// through the ErrorFunc with 500 as SCS's own commit would be. It then
+// destroys the session, which SCS would otherwise commit again (and the
+// store refuse again) at the end of the request, since it is still
+// modified: the visitor leaves with no session and no cookie (the data
+// of the session from before the login went with RenewToken). A login
+// that commits is committed again at the end of the request, which
+// keeps the principal and so is not checked against the limit (with
+// etcdstore.WithTouchInterval it writes nothing).
 func (a *app) login(w http.ResponseWriter, r *http.Request) {
 	name := strings.TrimSpace(r.FormValue("name"))
 	if name == "" || len(name) > MaxNameLen {
@@ -142,13 +166,23 @@ func (a *app) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	// RenewToken deletes the old token's session from the store at once;
-	// LoadAndSave commits the session under the new token.
+	// RenewToken deletes the old token's session from the store at once.
 	if err := a.sm.RenewToken(ctx); err != nil {
 		serverError(w, r, err)
 		return
 	}
 	a.sm.Put(ctx, keyUser, name)
+	if _, _, err := a.sm.Commit(ctx); errors.Is(err, etcdstore.ErrSessionLimit) {
+		if err := a.sm.Destroy(ctx); err != nil {
+			serverError(w, r, err)
+			return
+		}
+		http.Error(w, tooManyDevices, http.StatusConflict)
+		return
+	} else if err != nil {
+		serverError(w, r, err)
+		return
+	}
 	fmt.Fprintf(w, "logged in as %s\n", name)
 }
 

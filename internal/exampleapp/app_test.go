@@ -1,7 +1,6 @@
 package exampleapp
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -172,23 +171,11 @@ func TestIdleSessionExpires(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	// A browser that still sends the expired token must start afresh.
-	// The jar may have dropped the cookie at its Max-Age, so send it by
-	// hand.
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, app.url+"/", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.AddCookie(&http.Cookie{Name: "session", Value: token})
-	resp, err := ann.Client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if !strings.HasPrefix(string(body), "not logged in\n") {
-		t.Fatalf("GET / with the expired token: %q, want not logged in", body)
-	}
+	// A browser that still sends the expired token must start afresh, and
+	// is told why. The jar may have dropped the cookie at its Max-Age, so
+	// send it by hand.
+	body := getWithCookie(t, ann, app.url, "/", token)
+	wantHome(t, "the expired token", body, `not logged in\nyou were signed out: expired, at \d\d:\d\d:\d\d UTC \(the session timed out\)\n`)
 }
 
 // /devices and /logout-everywhere need a login and a store that keeps
