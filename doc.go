@@ -87,7 +87,8 @@
 // Every path that ends a session (Delete, DeleteByPrincipal, a commit
 // whose expiry has passed) leaves a tombstone at its key, whatever the key
 // holds (a live session, an expired one, nothing), that no commit writes
-// over. A tombstone is 12 bytes on a lease that lasts the store's request
+// over. A tombstone is 21 bytes, why and when the session ended (Ended
+// reads them), on a lease that lasts the store's request
 // bound (WithMaxRequestDuration, 5 minutes by default) from the end: the
 // longest a request may run from its Find of a session to its commit. So
 // no request in flight when a session ended, on any app server, whatever
@@ -144,6 +145,20 @@
 // other sessions; reads verify each session against the index, so an
 // entry that outlived its session yields nothing. The index lies under
 // PrincipalIndexPrefix(prefix), outside every session prefix.
+//
+// # Session limits
+//
+// WithSessionLimit caps each principal's live sessions. A commit that
+// gives a session a principal it did not have (a login) reads the
+// principal's sessions and writes in one Txn that holds only if no other
+// session of the principal was indexed since the read, ending the oldest
+// sessions (EndOldest) or failing with ErrSessionLimit (RefuseNew): no
+// interleaving of logins on any number of app servers gives a principal
+// more live sessions than its limit. Sessions of the principal that expired
+// while etcd still holds their keys are ended in the same Txn, so that a
+// request in flight cannot commit one back past the limit. Other commits
+// are not checked. Ended tells a request whose session was ended why (see
+// limit.go and docs/design.md).
 //
 // # The read cache
 //

@@ -176,7 +176,7 @@ func WithTimeout(d time.Duration) Option {
 // its load balancer; a request that outruns it may bring a session
 // ended meanwhile back.
 //
-// Its cost: the tombstone a session's end leaves lives d (12 bytes and the
+// Its cost: the tombstone a session's end leaves lives d (21 bytes and the
 // key, docs/capacity.md); with WithPrincipal, every session's key and
 // index entry live d past its expiry, so that DeleteByPrincipal finds a
 // session that expired while a request of it was in flight. Zero or
