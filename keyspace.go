@@ -37,7 +37,12 @@ func (k keyspace) token(key []byte) string { return tokenFor(k.prefix, key) }
 // revision read at. If etcd compacts that revision before the last page,
 // the error wraps rpctypes.ErrCompacted.
 func (k keyspace) list(ctx context.Context, kv clientv3.KV, r *retrier, first call, visit func(c call, kvs []*mvccpb.KeyValue) error) (int64, error) {
-	var rev int64 // 0 for the first page: the current revision
+	return k.listAt(ctx, kv, r, first, 0, visit)
+}
+
+// listAt is list at revision rev, or at the revision of the first page
+// for 0.
+func (k keyspace) listAt(ctx context.Context, kv clientv3.KV, r *retrier, first call, rev int64, visit func(c call, kvs []*mvccpb.KeyValue) error) (int64, error) {
 	from := k.prefix
 	for c, page := first, 0; ; c, page = r.newCall(ctx), page+1 {
 		resp, err := retryValue(r, c, func(ctx context.Context) (*clientv3.GetResponse, error) {
@@ -46,7 +51,7 @@ func (k keyspace) list(ctx context.Context, kv clientv3.KV, r *retrier, first ca
 		if err != nil {
 			return 0, fmt.Errorf("read from revision %d: %w", rev, err)
 		}
-		if page == 0 {
+		if rev == 0 {
 			rev = resp.Header.Revision
 		}
 		if err := visit(c, resp.Kvs); err != nil {

@@ -48,6 +48,12 @@ type Stats struct {
 	// (WithSessionLimit's RefuseNew, ErrSessionLimit); LimitEnded the
 	// sessions ended by it (EndOldest).
 	LimitRefused, LimitEnded int64
+	// EventsDelivered counts the session events the store's streams
+	// (Events) delivered, EventResyncs their resyncs (a start without a
+	// position, or a position compacted away), and EventLag is how many
+	// revisions the last watch response a stream received was ahead of
+	// the events it had delivered: the backlog a slow consumer leaves.
+	EventsDelivered, EventResyncs, EventLag int64
 	// CodecErrors counts the times the codec could not decode session
 	// data the store needed to read (WithTouchInterval, WithPrincipal):
 	// the data is written all the same, but its touches are not skipped
@@ -149,6 +155,8 @@ type stats struct {
 	touchesSkipped, refused, conflicts   atomic.Int64
 	commitsShared                        atomic.Int64
 	limitRefused, limitEnded             atomic.Int64
+	eventsDelivered, eventResyncs        atomic.Int64
+	eventLag                             atomic.Int64
 	codecErrors, decryptFailures         atomic.Int64
 	noSpace, tooLarge, auth, corrupt     atomic.Int64
 	canceled, timeout, other             atomic.Int64
@@ -259,6 +267,9 @@ func (s *EtcdStore) Stats() Stats {
 		CommitsShared:        c.commitsShared.Load(),
 		LimitRefused:         c.limitRefused.Load(),
 		LimitEnded:           c.limitEnded.Load(),
+		EventsDelivered:      c.eventsDelivered.Load(),
+		EventResyncs:         c.eventResyncs.Load(),
+		EventLag:             c.eventLag.Load(),
 		CodecErrors:          c.codecErrors.Load(),
 		DecryptFailures:      c.decryptFailures.Load(),
 		LeaseGrants:          s.leases.granted.Load(),

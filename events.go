@@ -1,0 +1,545 @@
+package etcdstore
+
+import (
+	"cmp"
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"slices"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Session events.
+//
+// Events reads the store's range at a revision, then watches it from the
+// next (one etcd watch per stream, with each event's previous value), and
+// tells from each write what happened to the session: a session where
+// there was none is created; a tombstone over a live session ends it, for
+// the reason the tombstone carries; a session over a live one changes it.
+// etcd delivers a range's writes in revision order and resumes a watch from
+// any revision it has not compacted, on any member (api/v3/mvccpb,
+// clientv3.Watcher), so a consumer that keeps the Position of the last
+// event it handled gets every later event once, across its own restarts,
+// member failures and leader changes. A position compacted away gets an
+// explicit EventResync, never a silent gap.
+//
+// Expiries are not writes: etcd removes an expired session's key with its
+// lease, up to a bucket width and more later (see Lease reuse). So the
+// stream keeps the expiry of every live session and, when the earliest
+// passes by its own clock, reads the due sessions' keys (one linearizable
+// Txn of Gets for up to 128): a key that no write touched since the one
+// the stream knows expired; one written since was extended or ended, and
+// the watch delivers that write. No etcd write is made.
+
+// EventKind is what happened to a session.
+type EventKind uint8
+
+const (
+	// EventCreated: a session was written where there was none (or only a
+	// tombstone, or a session that had expired).
+	EventCreated EventKind = iota + 1
+	// EventChanged: a live session was written again (WithChanges only).
+	EventChanged
+	// EventEnded: a live session was ended; Reason says how, At when.
+	EventEnded
+	// EventExpired: a session's expiry passed with no write since; At is
+	// the expiry.
+	EventExpired
+	// EventResync: the stream starts, or its position was compacted away:
+	// Live holds every live session as of Revision, and events follow from
+	// there.
+	EventResync
+)
+
+// String returns "created", "changed", "ended", "expired" or "resync".
+func (k EventKind) String() string {
+	switch k {
+	case EventCreated:
+		return "created"
+	case EventChanged:
+		return "changed"
+	case EventEnded:
+		return "ended"
+	case EventExpired:
+		return "expired"
+	case EventResync:
+		return "resync"
+	}
+	return fmt.Sprintf("EventKind(%d)", k)
+}
+
+// Event is one thing that happened to a session of the store, as Events
+// delivers it. It carries no session data: with WithEncryption a consumer
+// without the key gets the token, expiry and revision only.
+type Event struct {
+	Kind EventKind
+	// Token is the store's token (a digest with HashTokenInStore; compare
+	// StoreToken(sm, token)).
+	Token string
+	// Principal is the session's principal (WithPrincipal), when its data
+	// names one and the store can open it; for EventEnded and
+	// EventExpired, the principal it had.
+	Principal string
+	// Expiry is the session's expiry; zero for a value of the replaced
+	// store, which has none.
+	Expiry time.Time
+	// Reason is why it ended (EventEnded): a plain delete of a live
+	// session, by another client, is EndUnknown. EventExpired has
+	// EndExpired.
+	Reason EndReason
+	// At is when it ended: the tombstone's time (EventEnded), or the
+	// expiry (EventExpired).
+	At time.Time
+	// Revision is the etcd revision of the write; for EventExpired and
+	// EventResync, the revision the stream had reached.
+	Revision int64
+	// Position is where to resume once this event is handled: pass it to
+	// Events.
+	Position Position
+	// Live is, for EventResync, every live session as of Revision, as
+	// EventCreated events.
+	Live []Event
+}
+
+// Position is a point in a store's event stream: every write up to
+// Revision was delivered, and the first Skip writes of the session keys at
+// Revision+1 (a Txn writes several, at one revision); every expiry up to
+// Expiry (and, at Expiry itself, up to Token, in token order) was
+// delivered. The zero Position starts at the current revision.
+type Position struct {
+	Revision int64
+	Skip     int
+	Expiry   time.Time
+	Token    string
+}
+
+// eventOptions are the options of one event stream.
+type eventOptions struct {
+	changes bool
+}
+
+// EventOption configures one event stream (Events).
+type EventOption func(*eventOptions)
+
+// WithChanges delivers EventChanged for every write of a live session, as
+// well as the lifecycle: with SCS's IdleTimeout, one on every request.
+func WithChanges() EventOption { return func(o *eventOptions) { o.changes = true } }
+
+// eventRetry is how long a stream waits before it watches or reads again
+// after a failure it outlives (no leader, a lost connection).
+const eventRetry = 200 * time.Millisecond
+
+// Events returns the store's session events after from, in order: the
+// writes in revision order, each expiry when it passes by the stream's
+// clock (time.Now, or the store's), within one read of etcd after it. It
+// makes one watch, and reads only to start, on a compaction, and to
+// confirm expiries: no write. The stream ends when ctx ends (the iterator
+// then returns), when the consumer stops ranging, or on an error it cannot
+// outlive, which it yields last: ErrClientClosed, a refused permission or
+// login. It outlives member failures, leader changes and lost connections,
+// resuming where it was. Each call makes a stream of its own; each stream
+// may be ranged over once.
+//
+// Expiries are ordered among themselves (by expiry, then token), and each
+// comes after its session's creation; an expiry that passed while the
+// consumer was away comes as the stream starts, before the writes of
+// other sessions it replays.
+//
+// What is not promised: a session that expired and was then written again
+// (a request in flight that loaded it before its expiry commits it) within
+// a moment of its expiry, or while the consumer was down, is reported as
+// changed, not as expired and created; a session written already expired
+// by a store whose clock is ahead is reported expired at once, out of
+// expiry order, and may be missed by a consumer that restarts just then.
+func (s *EtcdStore) Events(ctx context.Context, from Position, opts ...EventOption) iter.Seq2[Event, error] {
+	mustContext(ctx, "Events")
+	var o eventOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return func(yield func(Event, error) bool) {
+		st := &eventStream{s: s, opts: o, yield: yield, pos: from}
+		err := st.run(ctx)
+		if err != nil && ctx.Err() == nil {
+			yield(Event{}, fmt.Errorf("etcdstore: events: %w", err))
+		}
+	}
+}
+
+// tracked is what a stream knows of one stored session.
+type tracked struct {
+	rev       int64 // mod revision of the write the stream saw last
+	expiry    time.Time
+	principal string
+	reported  bool // expired, and delivered as such
+}
+
+// eventStream is one consumer's stream: the sessions it tracks, its
+// position, and the consumer.
+type eventStream struct {
+	s     *EtcdStore
+	opts  eventOptions
+	yield func(Event, error) bool
+	pos   Position
+	live  map[string]*tracked
+	// expiries orders the tracked sessions' expiries; an entry whose
+	// session was written since, ended or reported is dropped when it
+	// comes up.
+	expiries expiryHeap
+}
+
+// expiryEntry is a tracked session's expiry, as of its write at rev.
+type expiryEntry struct {
+	expiry time.Time
+	token  string
+	rev    int64
+}
+
+// expiryHeap is a min-heap of expiries, in (expiry, token) order.
+type expiryHeap []expiryEntry
+
+func (h expiryHeap) Len() int { return len(h) }
+func (h expiryHeap) Less(i, j int) bool {
+	return cmp.Or(h[i].expiry.Compare(h[j].expiry), cmp.Compare(h[i].token, h[j].token)) < 0
+}
+func (h expiryHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)   { *h = append(*h, x.(expiryEntry)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+// current reports whether e is the expiry of a session the stream tracks
+// as written at e.rev and has not reported expired.
+func (st *eventStream) current(e expiryEntry) bool {
+	t := st.live[e.token]
+	return t != nil && !t.reported && t.rev == e.rev
+}
+
+// setLive tracks t as token's session.
+func (st *eventStream) setLive(token string, t *tracked) {
+	st.live[token] = t
+	if !t.expiry.IsZero() {
+		heap.Push(&st.expiries, expiryEntry{t.expiry, token, t.rev})
+	}
+}
+
+// errStopped ends a stream whose consumer stopped ranging.
+var errStopped = errors.New("consumer stopped")
+
+// run delivers events until ctx ends, the consumer stops, or an error the
+// stream cannot outlive.
+func (st *eventStream) run(ctx context.Context) error {
+	if err := clientErr(st.s.client); err != nil {
+		return err
+	}
+	if err := st.start(ctx); err != nil {
+		return st.outcome(err)
+	}
+	for ctx.Err() == nil {
+		if err := clientErr(st.s.client); err != nil {
+			return err
+		}
+		err := st.watch(ctx)
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			if err = st.resync(ctx); err == nil {
+				continue
+			}
+		}
+		if fatal(err) {
+			return st.outcome(err)
+		}
+		if sleep(ctx, eventRetry) != nil {
+			return nil
+		}
+	}
+	return nil
+}
+
+// outcome is the error run returns for err: none when the consumer
+// stopped or ctx ended.
+func (st *eventStream) outcome(err error) error {
+	if errors.Is(err, errStopped) || errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// fatal reports whether err ends a stream: the client closed, or etcd
+// refused the user. Other errors (no leader, a lost connection, a
+// deadline) are waited out.
+func fatal(err error) bool {
+	return errors.Is(err, errStopped) || errors.Is(err, ErrClientClosed) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed)
+}
+
+// sleep waits d or until ctx ends, and returns ctx's error if it did.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// start reads the sessions as of the stream's position: a zero position
+// or one compacted away starts with a resync.
+func (st *eventStream) start(ctx context.Context) error {
+	for {
+		var err error
+		if st.pos.Revision == 0 {
+			err = st.resync(ctx)
+		} else {
+			err = st.load(ctx, st.pos.Revision)
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				err = st.resync(ctx)
+			}
+		}
+		if err == nil || fatal(err) || ctx.Err() != nil {
+			return err
+		}
+		if err := sleep(ctx, eventRetry); err != nil {
+			return err
+		}
+	}
+}
+
+// loadAt reads the sessions stored at revision rev (0: now) and tracks
+// them, and returns the revision read at.
+func (st *eventStream) loadAt(ctx context.Context, rev int64) (int64, error) {
+	s := st.s
+	st.live, st.expiries = make(map[string]*tracked), nil
+	rev, err := s.keys.listAt(ctx, s.client, s.calls, s.calls.newCall(ctx), rev, func(_ call, kvs []*mvccpb.KeyValue) error {
+		for _, kv := range kvs {
+			if !isTombstone(kv.Value) {
+				st.setLive(s.keys.token(kv.Key), st.track(kv))
+			}
+		}
+		return nil
+	})
+	return rev, err
+}
+
+// load tracks the sessions stored at the stream's position, rev; those
+// whose expiry the position says was delivered are marked so.
+func (st *eventStream) load(ctx context.Context, rev int64) error {
+	if _, err := st.loadAt(ctx, rev); err != nil {
+		return err
+	}
+	for token, t := range st.live {
+		if !t.expiry.IsZero() && expiredBy(t.expiry, token, st.pos) {
+			t.reported = true
+		}
+	}
+	return nil
+}
+
+// expiredBy reports whether the expiry of token at expiry was delivered
+// before position p.
+func expiredBy(expiry time.Time, token string, p Position) bool {
+	if c := expiry.Compare(p.Expiry); c != 0 {
+		return c < 0
+	}
+	return token <= p.Token
+}
+
+// resync tracks the sessions stored now and delivers them as one
+// EventResync: the stream starts there.
+func (st *eventStream) resync(ctx context.Context) error {
+	rev, err := st.loadAt(ctx, 0)
+	if err != nil {
+		return err
+	}
+	now := st.s.now()
+	st.pos = Position{Revision: rev, Expiry: now}
+	var live []Event
+	for token, t := range st.live {
+		if !t.expiry.IsZero() && !now.Before(t.expiry) {
+			t.reported = true // expired before the stream began
+			continue
+		}
+		live = append(live, Event{Kind: EventCreated, Token: token, Principal: t.principal, Expiry: t.expiry, Revision: t.rev})
+	}
+	slices.SortFunc(live, func(a, b Event) int { return cmp.Compare(a.Token, b.Token) })
+	st.s.stats.eventResyncs.Add(1)
+	return st.deliver(Event{Kind: EventResync, Revision: rev, Live: live})
+}
+
+// track returns what the stream tracks of the stored session kv.
+func (st *eventStream) track(kv *mvccpb.KeyValue) *tracked {
+	t := &tracked{rev: kv.ModRevision}
+	t.expiry, _ = envelopeExpiry(kv.Value)
+	if st.s.index != nil {
+		if value, err := st.s.plain(string(kv.Key), kv.Value); err == nil {
+			if _, _, data, err := decodeEnvelope(value); err == nil {
+				t.principal, _ = st.s.index.decode(data)
+			}
+		}
+	}
+	return t
+}
+
+// deliver hands ev, at the stream's position, to the consumer.
+func (st *eventStream) deliver(ev Event) error {
+	ev.Position = st.pos
+	st.s.stats.eventsDelivered.Add(1)
+	if !st.yield(ev, nil) {
+		return errStopped
+	}
+	return nil
+}
+
+// watch watches the range from the stream's position and delivers what it
+// sees, and the expiries as they pass, until the watch fails or ctx ends.
+func (st *eventStream) watch(ctx context.Context) error {
+	s := st.s
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	skip := st.pos.Skip
+	ch := s.client.Watch(wctx, s.keys.prefix, clientv3.WithRange(s.keys.end), clientv3.WithRev(st.pos.Revision+1), clientv3.WithPrevKV())
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		if err := st.expire(ctx); err != nil {
+			return err
+		}
+		timer.Reset(st.nextExpiry())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+		case resp, ok := <-ch:
+			if !ok {
+				return ctx.Err()
+			}
+			if resp.CompactRevision != 0 {
+				return fmt.Errorf("watch from revision %d: %w", st.pos.Revision+1, rpctypes.ErrCompacted)
+			}
+			if err := resp.Err(); err != nil {
+				return err
+			}
+			s.stats.eventLag.Store(max(0, resp.Header.Revision-st.pos.Revision))
+			for i, ev := range resp.Events {
+				if ev.Kv.ModRevision == st.pos.Revision+1 && skip > 0 {
+					skip--
+					continue
+				}
+				skip = 0
+				last := i == len(resp.Events)-1 || resp.Events[i+1].Kv.ModRevision != ev.Kv.ModRevision
+				if last {
+					st.pos.Revision, st.pos.Skip = ev.Kv.ModRevision, 0
+				} else {
+					st.pos.Revision, st.pos.Skip = ev.Kv.ModRevision-1, st.pos.Skip+1
+				}
+				if err := st.apply(ev); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// nextExpiry is how long until the earliest expiry of a session the
+// stream tracks and has not reported, at most a minute.
+func (st *eventStream) nextExpiry() time.Duration {
+	for len(st.expiries) > 0 && !st.current(st.expiries[0]) {
+		heap.Pop(&st.expiries)
+	}
+	if len(st.expiries) == 0 {
+		return time.Minute
+	}
+	return min(max(st.expiries[0].expiry.Sub(st.s.now()), 0), time.Minute)
+}
+
+// apply delivers what the write ev did to its session.
+func (st *eventStream) apply(ev *clientv3.Event) error {
+	token := st.s.keys.token(ev.Kv.Key)
+	t := st.live[token]
+	was := t != nil && !t.reported // a live session, as far as the stream knows
+	rev := ev.Kv.ModRevision
+	if ev.Type == clientv3.EventTypeDelete || isTombstone(ev.Kv.Value) {
+		delete(st.live, token)
+		if !was {
+			return nil
+		}
+		reason, at := EndUnknown, st.s.now() // a plain delete, by another client
+		if ev.Type != clientv3.EventTypeDelete {
+			reason, at = tombstoneReason(ev.Kv.Value)
+			if at.IsZero() {
+				at = st.s.now() // a tombstone of an earlier release
+			}
+		}
+		if !t.expiry.IsZero() && !at.Before(t.expiry) {
+			// Its expiry came first (a lease's end, or an end of an
+			// expired session), before the stream's clock confirmed it.
+			return st.deliver(Event{Kind: EventExpired, Token: token, Principal: t.principal, Expiry: t.expiry, Reason: EndExpired, At: t.expiry, Revision: rev})
+		}
+		return st.deliver(Event{Kind: EventEnded, Token: token, Principal: t.principal, Expiry: t.expiry, Reason: reason, At: at, Revision: rev})
+	}
+	n := st.track(ev.Kv)
+	st.setLive(token, n)
+	switch {
+	case !was:
+		return st.deliver(Event{Kind: EventCreated, Token: token, Principal: n.principal, Expiry: n.expiry, Revision: rev})
+	case st.opts.changes:
+		return st.deliver(Event{Kind: EventChanged, Token: token, Principal: n.principal, Expiry: n.expiry, Revision: rev})
+	}
+	return nil
+}
+
+// expire delivers the expiries that have passed, in expiry order, of the
+// sessions that no write touched since the one the stream saw: it reads
+// their keys first, up to 128 in one Txn.
+func (st *eventStream) expire(ctx context.Context) error {
+	now := st.s.now()
+	var dues []expiryEntry
+	for len(st.expiries) > 0 && !now.Before(st.expiries[0].expiry) {
+		if e := heap.Pop(&st.expiries).(expiryEntry); st.current(e) {
+			dues = append(dues, e)
+		}
+	}
+	for len(dues) > 0 {
+		batch := dues[:min(len(dues), maxTxnOps)]
+		dues = dues[len(batch):]
+		gets := make([]clientv3.Op, len(batch))
+		for i, d := range batch {
+			gets[i] = clientv3.OpGet(st.s.keys.key(d.token), clientv3.WithKeysOnly())
+		}
+		resp, err := retryValue(st.s.calls, st.s.calls.newCall(ctx), func(ctx context.Context) (*clientv3.TxnResponse, error) {
+			return st.s.client.Txn(ctx).Then(gets...).Commit()
+		})
+		if err != nil {
+			// Confirmed later: back on the heap.
+			for _, d := range slices.Concat(batch, dues) {
+				heap.Push(&st.expiries, d)
+			}
+			return err
+		}
+		for i, d := range batch {
+			if kvs := resp.Responses[i].GetResponseRange().GetKvs(); len(kvs) > 0 && kvs[0].ModRevision != d.rev {
+				continue // written since: the watch brings the write
+			}
+			t := st.live[d.token]
+			if t == nil || t.rev != d.rev || t.reported {
+				continue // the watch brought a write meanwhile
+			}
+			t.reported = true
+			st.pos.Expiry, st.pos.Token = d.expiry, d.token
+			if err := st.deliver(Event{Kind: EventExpired, Token: d.token, Principal: t.principal, Expiry: d.expiry, Reason: EndExpired, At: d.expiry, Revision: st.pos.Revision}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,326 @@
+package etcdstore
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/etcdstore/etcdstore/internal/etcdtest"
+)
+
+// Session events (events.go), against real etcd.
+
+// eventTimeout bounds the wait for one event.
+const eventTimeout = 15 * time.Second
+
+// stream runs s.Events from from in a goroutine and returns its events,
+// and a function that stops it and waits for it to end.
+func stream(t *testing.T, s *EtcdStore, from Position, opts ...EventOption) (<-chan Event, func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan Event, 1024)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(ch)
+		for ev, err := range s.Events(ctx, from, opts...) {
+			if err != nil {
+				t.Errorf("events: %v", err)
+				return
+			}
+			select {
+			case ch <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return ch, stop
+}
+
+// next returns the next event of ch, failing the test after eventTimeout.
+func next(t *testing.T, ch <-chan Event) Event {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("the event stream ended")
+		}
+		return ev
+	case <-time.After(eventTimeout):
+		t.Fatal("no event within", eventTimeout)
+	}
+	return Event{}
+}
+
+// expect reads the next event of ch and checks its kind, token and, for
+// EventEnded, reason.
+func expect(t *testing.T, ch <-chan Event, kind EventKind, token string, reason EndReason) Event {
+	t.Helper()
+	ev := next(t, ch)
+	if ev.Kind != kind || ev.Token != token || (kind == EventEnded && ev.Reason != reason) {
+		t.Fatalf("event %v %s (%v), want %v %s (%v)", ev.Kind, ev.Token, ev.Reason, kind, token, reason)
+	}
+	return ev
+}
+
+// TestEventsLifecycle: each way a session begins and ends, in order, with
+// its principal, reason and revision; an expiry when it passes, and none
+// for a session a commit extended.
+func TestEventsLifecycle(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, WithPrincipal("user"), WithSessionLimit(1, EndOldest))
+	ctx := ctxFor(t)
+	if err := s.CommitCtx(ctx, "before", userData(t, "zoe", "x"), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	ch, _ := stream(t, s, Position{})
+	if ev := next(t, ch); ev.Kind != EventResync || len(ev.Live) != 1 || ev.Live[0].Token != "before" || ev.Live[0].Principal != "zoe" {
+		t.Fatalf("first event %+v, want a resync with the session before", ev)
+	}
+	exp := time.Now().Add(time.Hour)
+	commit := func(token, user string, expiry time.Time) {
+		t.Helper()
+		if err := s.CommitCtx(ctx, token, userData(t, user, token), expiry); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit("a", "ann", exp)
+	if ev := expect(t, ch, EventCreated, "a", 0); ev.Principal != "ann" || !ev.Expiry.Equal(exp) || ev.Revision == 0 {
+		t.Fatalf("created %+v", ev)
+	}
+	commit("a", "ann", exp.Add(time.Second)) // a change: not delivered without WithChanges
+	commit("b", "ann", exp)                  // the limit ends a, in the same Txn
+	expect(t, ch, EventCreated, "b", 0)
+	expect(t, ch, EventEnded, "a", EndSessionLimit)
+	if err := s.DeleteCtx(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, EventEnded, "b", EndLogout)
+	commit("c", "cyd", exp)
+	expect(t, ch, EventCreated, "c", 0)
+	if _, err := s.DeleteByPrincipal(ctx, "cyd"); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, EventEnded, "c", EndLogoutEverywhere)
+
+	// Expiries: d expires; e is extended before it would.
+	soon := time.Now().Add(1500 * time.Millisecond)
+	commit("d", "dan", soon)
+	commit("e", "eve", soon)
+	expect(t, ch, EventCreated, "d", 0)
+	expect(t, ch, EventCreated, "e", 0)
+	commit("e", "eve", exp)
+	ev := expect(t, ch, EventExpired, "d", EndExpired)
+	late := time.Since(ev.At)
+	t.Logf("expiry delivered %v after it", late)
+	if !ev.At.Equal(soon) || late < 0 || late > 2*time.Second {
+		t.Fatalf("expired at %v, %v after the expiry %v", ev.At, late, soon)
+	}
+	commit("f", "fay", exp) // a marker: nothing came for e before it
+	expect(t, ch, EventCreated, "f", 0)
+	if st := s.Stats(); st.EventsDelivered < 10 || st.EventResyncs != 1 {
+		t.Errorf("Stats: EventsDelivered %d, EventResyncs %d", st.EventsDelivered, st.EventResyncs)
+	}
+}
+
+// TestEventsChanges: WithChanges delivers each write of a live session.
+func TestEventsChanges(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	ch, _ := stream(t, s, Position{}, WithChanges())
+	next(t, ch) // the resync
+	ctx := ctxFor(t)
+	for i := range 3 {
+		if err := s.CommitCtx(ctx, "a", []byte(fmt.Sprint(i)), time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect(t, ch, EventCreated, "a", 0)
+	expect(t, ch, EventChanged, "a", 0)
+	expect(t, ch, EventChanged, "a", 0)
+}
+
+// TestEventsResume: a consumer that stops after any event and resumes
+// from its Position gets every later event once, the writes in order,
+// including the rest of a revision that ended several sessions at once,
+// and the expiries in expiry order.
+func TestEventsResume(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, WithPrincipal("user"))
+	ctx := ctxFor(t)
+	ch, stop := stream(t, s, Position{})
+	start := next(t, ch).Position
+	stop()
+	// The writes, made while no one watches: 3 sessions of ann, ended in
+	// one Txn; 2 that expire; 1 logout.
+	now := time.Now()
+	var want []string
+	for _, tok := range []string{"a1", "a2", "a3"} {
+		if err := s.CommitCtx(ctx, tok, userData(t, "ann", tok), now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, "created "+tok)
+	}
+	if n, err := s.DeleteByPrincipal(ctx, "ann"); err != nil || n != 3 {
+		t.Fatalf("DeleteByPrincipal = %d, %v", n, err)
+	}
+	want = append(want, "ended a1", "ended a2", "ended a3")
+	for _, tok := range []string{"x1", "x2"} {
+		if err := s.CommitCtx(ctx, tok, userData(t, "xi", tok), now.Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, "created "+tok)
+	}
+	if err := s.CommitCtx(ctx, "z", userData(t, "zed", "z"), now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteCtx(ctx, "z"); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, "created z", "ended z", "expired x1", "expired x2")
+	time.Sleep(time.Until(now.Add(time.Second)))
+
+	// Stop after each event in turn, resume from its position.
+	for cut := range len(want) {
+		var got []string
+		from := start
+		for part := 0; len(got) < len(want) && part < 2; part++ {
+			ch, stop := stream(t, s, from)
+			for len(got) < len(want) && (part == 1 || len(got) <= cut) {
+				ev := next(t, ch)
+				got = append(got, ev.Kind.String()+" "+ev.Token)
+				from = ev.Position
+			}
+			stop()
+		}
+		// Writes in the order made; each expiry once, after its session's
+		// creation: a consumer that starts after an expiry passed gets it
+		// at once, before writes of other sessions it replays.
+		writes := func(evs []string) []string {
+			return slices.DeleteFunc(slices.Clone(evs), func(e string) bool { return strings.HasPrefix(e, "expired") })
+		}
+		expiries := func(evs []string) []string {
+			return slices.DeleteFunc(slices.Clone(evs), func(e string) bool { return !strings.HasPrefix(e, "expired") })
+		}
+		if !slices.Equal(writes(got), writes(want)) || !slices.Equal(expiries(got), expiries(want)) {
+			t.Fatalf("stopped after event %d and resumed: got %v, want %v", cut, got, want)
+		}
+		for i, e := range got {
+			if tok, ok := strings.CutPrefix(e, "expired "); ok && !slices.Contains(got[:i], "created "+tok) {
+				t.Fatalf("stopped after event %d and resumed: %s before its creation: %v", cut, e, got)
+			}
+		}
+	}
+}
+
+// TestEventsCompacted: a position compacted away gets a resync with the
+// live sessions, then the events after it.
+func TestEventsCompacted(t *testing.T) {
+	t.Parallel()
+	s, c := newOwnStore(t)
+	ctx := ctxFor(t)
+	ch, stop := stream(t, s, Position{})
+	from := next(t, ch).Position
+	stop()
+	for _, tok := range []string{"a", "b", "c"} {
+		if err := s.CommitCtx(ctx, tok, []byte(tok), time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.DeleteCtx(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Compact(ctx, etcdtest.Revision(t, c)); err != nil {
+		t.Fatal(err)
+	}
+	ch, _ = stream(t, s, from)
+	ev := next(t, ch)
+	var live []string
+	for _, l := range ev.Live {
+		live = append(live, l.Token)
+	}
+	if ev.Kind != EventResync || !slices.Equal(live, []string{"a", "c"}) {
+		t.Fatalf("after a compaction: %v with %v, want a resync with [a c]", ev.Kind, live)
+	}
+	if err := s.DeleteCtx(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, EventEnded, "c", EndLogout)
+	if st := s.Stats(); st.EventResyncs != 2 {
+		t.Errorf("EventResyncs = %d, want 2", st.EventResyncs)
+	}
+}
+
+// TestEventsThroughFailures: on a three-member cluster, one writer creates
+// and logs out sessions while the leader is killed, then restarted, and
+// the new leader stopped; the consumer, restarted twice from its saved
+// position, gets every write's event once, in the order made.
+func TestEventsThroughFailures(t *testing.T) {
+	t.Parallel()
+	cl := etcdtest.StartCluster(t, 3)
+	c := cl.Client(t)
+	s := NewWithPrefix(c, testPrefix(t))
+	ctx := ctxFor(t)
+	ch, stop := stream(t, s, Position{})
+	pos := next(t, ch).Position
+	const ops = 120
+	var want []string
+	writes := make(chan string, 2*ops)
+	go func() {
+		defer close(writes)
+		for i := range ops {
+			tok := fmt.Sprint("t", i)
+			if err := s.CommitCtx(ctx, tok, []byte("x"), time.Now().Add(time.Hour)); err != nil {
+				t.Errorf("commit %s: %v", tok, err)
+				return
+			}
+			writes <- "created " + tok
+			if i%2 == 0 {
+				if err := s.DeleteCtx(ctx, tok); err != nil {
+					t.Errorf("delete %s: %v", tok, err)
+					return
+				}
+				writes <- "ended " + tok
+			}
+			switch i {
+			case 30:
+				cl.Kill(cl.Leader())
+			case 60:
+				for m := range cl.Members {
+					if cl.Members[m].Etcd == nil {
+						cl.Restart(m)
+					}
+				}
+			case 90:
+				cl.Stop(cl.Leader())
+			}
+		}
+	}()
+	var got []string
+	for w := range writes {
+		want = append(want, w)
+		// The consumer restarts from its position twice on the way.
+		if len(want) == 40 || len(want) == 100 {
+			for len(got) < len(want)-1 {
+				ev := next(t, ch)
+				got = append(got, ev.Kind.String()+" "+ev.Token)
+				pos = ev.Position
+			}
+			stop()
+			ch, stop = stream(t, s, pos)
+		}
+	}
+	for len(got) < len(want) {
+		ev := next(t, ch)
+		got = append(got, ev.Kind.String()+" "+ev.Token)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("events differ from the writes:\ngot  %v\nwant %v", got, want)
+	}
+}
