@@ -322,7 +322,7 @@ func TestCountLsCheckLogout(t *testing.T) {
 	if strings.Contains(out, "m1") {
 		t.Error("ls shows session data without -show-data")
 	}
-	code, out, _ = cl.etcdstoreCmd(ctx, nil, "ls", "-principal", "user-4", "-show-data", "-hash-tokens=false")
+	code, _, _ = cl.etcdstoreCmd(ctx, nil, "ls", "-principal", "user-4", "-show-data", "-hash-tokens=false")
 	if code != exitUsage {
 		t.Errorf("ls -show-data -hash-tokens=false: exit %d, want %d", code, exitUsage)
 	}
