@@ -2,6 +2,7 @@ package etcdstore_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/alexedwards/scs/v2"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/etcdstore/etcdstore"
 	"github.com/etcdstore/etcdstore/internal/etcdtest"
@@ -321,4 +323,98 @@ func ExampleWithReadCache() {
 	writer.Delete("token") // the example's own cleanup
 	// Output:
 	// fresh true
+}
+
+// A consumer of session events: every app server can run one, to close the
+// sockets of a session logged out on another server.
+func ExampleEtcdStore_Events() {
+	client := newClient()
+	defer client.Close()
+	store := etcdstore.NewWithPrefix(client, "example-events:")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	token := fmt.Sprint("token-", time.Now().UnixNano())
+	for ev, err := range store.Events(ctx, etcdstore.Position{}) {
+		if err != nil {
+			log.Fatal(err)
+		}
+		switch ev.Kind {
+		case etcdstore.EventResync: // the stream began: ev.Live are the live sessions
+			if err := store.Commit(token, []byte("session"), time.Now().Add(time.Hour)); err != nil {
+				log.Fatal(err)
+			}
+		case etcdstore.EventCreated:
+			fmt.Println("created")
+			if err := store.Delete(ev.Token); err != nil { // another server logs it out
+				log.Fatal(err)
+			}
+		case etcdstore.EventEnded:
+			fmt.Println(ev.Reason) // close its sockets here
+			return
+		}
+	}
+	// Output:
+	// created
+	// logged out
+}
+
+// One consumer across the cluster, for an audit log: the app servers
+// campaign in an etcd election (go.etcd.io/etcd/client/v3/concurrency);
+// the leader resumes from the position it saved in etcd after each event,
+// so a new leader takes over where the last one stopped, with no event
+// missed or written twice.
+func ExampleEtcdStore_Events_oneConsumer() {
+	client := newClient()
+	defer client.Close()
+	app := fmt.Sprint("example-audit-", time.Now().UnixNano()) // a fresh app each run, for the example
+	store := etcdstore.NewWithPrefix(client, app+":")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	session, err := concurrency.NewSession(client, concurrency.WithTTL(5))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer session.Close()
+	election := concurrency.NewElection(session, app+"/leader")
+	if err := election.Campaign(ctx, "app-server-1"); err != nil { // waits to lead
+		log.Fatal(err)
+	}
+
+	// The position saved by the last leader, if any.
+	saved := app + "/position"
+	var from etcdstore.Position
+	if resp, err := client.Get(ctx, saved); err != nil {
+		log.Fatal(err)
+	} else if len(resp.Kvs) > 0 {
+		if err := json.Unmarshal(resp.Kvs[0].Value, &from); err != nil {
+			log.Fatal(err)
+		}
+	}
+	token := fmt.Sprint("token-", time.Now().UnixNano())
+	for ev, err := range store.Events(ctx, from) {
+		if err != nil {
+			log.Fatal(err)
+		}
+		switch {
+		case ev.Kind == etcdstore.EventResync:
+			// The first leader begins here; a login, for the example.
+			if err := store.Commit(token, []byte("session"), time.Now().Add(time.Hour)); err != nil {
+				log.Fatal(err)
+			}
+		case ev.Token == token:
+			fmt.Println("audit:", ev.Kind) // write the audit record here
+		}
+		// Save the position, only while this server leads.
+		pos, _ := json.Marshal(ev.Position)
+		txn := client.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(election.Key()), "=", election.Rev()))
+		if _, err := txn.Then(clientv3.OpPut(saved, string(pos))).Commit(); err != nil {
+			log.Fatal(err)
+		}
+		if ev.Token == token {
+			break
+		}
+	}
+	// Output: audit: created
 }
