@@ -18,9 +18,11 @@ import (
 // Session events.
 //
 // Events reads the store's range at a revision, then watches it from the
-// next (one etcd watch per stream, with each event's previous value), and
-// tells from each write what happened to the session: a session where
-// there was none is created; a tombstone over a live session ends it, for
+// next (one etcd watch per stream), and tells from each write, against
+// the sessions it tracks (their token, expiry, principal and the revision
+// of their last write: the stream holds every live session's, as the read
+// cache does), what happened to the session: a session where there was
+// none is created; a tombstone over a live session ends it, for
 // the reason the tombstone carries; a session over a live one changes it.
 // etcd delivers a range's writes in revision order and resumes a watch from
 // any revision it has not compacted, on any member (api/v3/mvccpb,
@@ -407,7 +409,7 @@ func (st *eventStream) watch(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	skip := st.pos.Skip
-	ch := s.client.Watch(wctx, s.keys.prefix, clientv3.WithRange(s.keys.end), clientv3.WithRev(st.pos.Revision+1), clientv3.WithPrevKV())
+	ch := s.client.Watch(wctx, s.keys.prefix, clientv3.WithRange(s.keys.end), clientv3.WithRev(st.pos.Revision+1))
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {

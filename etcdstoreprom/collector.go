@@ -33,6 +33,13 @@
 //	                                       (WithSessionLimit's RefuseNew, ErrSessionLimit).
 //	etcdstore_session_limit_ended_total    counter: sessions ended by the session limit
 //	                                       (EndOldest): users signing in on one device too many.
+//	etcdstore_events_total                 counter: session events the store's streams delivered
+//	                                       (Events).
+//	etcdstore_event_resyncs_total          counter: streams that began without a position or
+//	                                       whose position was compacted away. Alert on a rise
+//	                                       outside deploys: consumers fall behind compaction.
+//	etcdstore_event_lag_revisions          gauge: revisions a stream's last watch response was
+//	                                       ahead of what it had delivered: a slow consumer.
 //	etcdstore_resurrections_refused_total  counter: commits that wrote nothing, the session
 //	                                       having been deleted (a logout overtook them).
 //	etcdstore_touches_skipped_total        counter: commits that wrote nothing, with
@@ -90,6 +97,7 @@ type collector struct {
 	batches, batched, refusedBatches                 *prometheus.Desc
 	retries, conflicts, refused, touches, codecError *prometheus.Desc
 	shared, limitRefused, limitEnded                 *prometheus.Desc
+	events, eventResyncs, eventLag                   *prometheus.Desc
 	decryptFailure                                   *prometheus.Desc
 	grants, leases, remembered                       *prometheus.Desc
 }
@@ -115,6 +123,9 @@ func NewCollector(store StatsSource, name string) prometheus.Collector {
 		shared:         desc("commits_shared_total", "Commits acknowledged with the write of a later concurrent commit of the session by the same store."),
 		limitRefused:   desc("session_limit_refused_total", "Logins refused by the session limit (ErrSessionLimit)."),
 		limitEnded:     desc("session_limit_ended_total", "Sessions ended by the session limit (EndOldest)."),
+		events:         desc("events_total", "Session events the store's streams delivered."),
+		eventResyncs:   desc("event_resyncs_total", "Event streams begun without a position or whose position was compacted away."),
+		eventLag:       desc("event_lag_revisions", "Revisions a stream's last watch response was ahead of what it had delivered."),
 		refused:        desc("resurrections_refused_total", "Commits that wrote nothing: the session had been deleted."),
 		touches:        desc("touches_skipped_total", "Commits that wrote nothing: the session was unchanged and its expiry moved less than the touch interval."),
 		codecError:     desc("codec_errors_total", "Session data the codec could not decode: WithCodec is not the session manager's codec."),
@@ -174,6 +185,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.shared, st.CommitsShared)
 	counter(c.limitRefused, st.LimitRefused)
 	counter(c.limitEnded, st.LimitEnded)
+	counter(c.events, st.EventsDelivered)
+	counter(c.eventResyncs, st.EventResyncs)
+	ch <- prometheus.MustNewConstMetric(c.eventLag, prometheus.GaugeValue, float64(st.EventLag))
 	counter(c.refused, st.ResurrectionsRefused)
 	counter(c.touches, st.TouchesSkipped)
 	counter(c.codecError, st.CodecErrors)
