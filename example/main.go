@@ -36,6 +36,12 @@
 //
 //	go run ./example -max-sessions 1
 //
+// A browser's / follows /events, a server-sent event stream of its own
+// session fed by the app's one consumer of the store's events: when the
+// session ends elsewhere (a logout everywhere, the session limit, its
+// expiry) the open page says "You were signed out" and why, at once, with
+// no reload.
+//
 // Routes:
 //
 //	/          what the session holds, or why it ended
@@ -48,6 +54,7 @@
 //	/sessions  count the live sessions
 //	/devices   the sessions of the user logged in
 //	/logout-everywhere  (POST) end the user's other sessions
+//	/events    server-sent events: the end of this session, as it happens
 //	/metrics   the session store's stats, for Prometheus
 package main
 
@@ -272,7 +279,12 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 	}
 	sm := exampleapp.NewSessionManager(store, cfg.idle, cfg.lifetime)
 	sm.HashTokenInStore = cfg.hashTokens
-	srv := &http.Server{Handler: withMetrics(exampleapp.New(sm), store), ReadHeaderTimeout: 10 * time.Second}
+	// The consumer of the store's events and the /events streams end with
+	// eventsCtx, ended before Shutdown, which would wait for the streams.
+	eventsCtx, stopEvents := context.WithCancel(ctx)
+	defer stopEvents()
+	app := exampleapp.New(sm, exampleapp.WithEvents(eventsCtx))
+	srv := &http.Server{Handler: withMetrics(app, store), ReadHeaderTimeout: 10 * time.Second}
 
 	if cfg.compact > 0 {
 		compactCtx, stopCompactor := context.WithCancel(ctx)
@@ -296,6 +308,7 @@ func serve(ctx context.Context, cfg config, ln net.Listener) error {
 		failed = fmt.Errorf("embedded etcd: %w", failed)
 	case <-ctx.Done():
 	}
+	stopEvents()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {

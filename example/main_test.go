@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -231,6 +232,64 @@ func TestServeSessionLimit(t *testing.T) {
 			a.Want(base, "/sessions", "live sessions: 1\n")
 		})
 	}
+}
+
+// The example's /events: a second login past -max-sessions 1 ends the
+// first browser's session, and its open stream says so at once; a
+// stream open at shutdown ends with the app, which stops cleanly.
+func TestServeEvents(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseFlags([]string{"-data", t.TempDir(), "-addr", "127.0.0.1:0", "-max-sessions", "1"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, stop := startApp(t, cfg)
+	a, b := webtest.New(t), webtest.New(t)
+	a.Want(base, "/login?name=ann", "logged in as ann\n")
+	stream := openStream(t, a, base)
+	b.Want(base, "/login?name=ann", "logged in as ann\n")
+	var lines []string // the next event's, after the blank line that ends the retry's block
+	for len(lines) < 2 {
+		line, err := stream.ReadString('\n')
+		if err != nil {
+			t.Fatalf("A's /events after B's login: %q, %v", lines, err)
+		}
+		if line != "\n" {
+			lines = append(lines, line)
+		}
+	}
+	if lines[0] != "event: ended\n" || !strings.HasPrefix(lines[1], `data: {"reason":"ended by the session limit","at":"`) {
+		t.Errorf("A's /events after B's login: %q, want the event ended by the session limit", lines)
+	}
+
+	openStream(t, b, base) // open while the app stops
+	start := time.Now()
+	stop()
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the app took %v to stop with an /events stream open", took)
+	}
+}
+
+// openStream opens /events as browser b, reads its first line, and
+// returns the stream, closed when the test ends.
+func openStream(t *testing.T, b *webtest.Browser, base string) *bufio.Reader {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := b.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	r := bufio.NewReader(resp.Body)
+	if line, err := r.ReadString('\n'); resp.StatusCode != http.StatusOK || err != nil || line != "retry: 1000\n" {
+		t.Fatalf("GET /events: %s, first line %q, %v", resp.Status, line, err)
+	}
+	return r
 }
 
 // -hash-tokens is on unless turned off; -password is empty unless given.

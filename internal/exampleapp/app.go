@@ -1,6 +1,7 @@
 // Package exampleapp is the web app of etcdstore's example command: the
-// routes of SCS's README, plus login, logout and a count of the live
-// sessions. The load test serves it too.
+// routes of SCS's README, plus login, logout, a count of the live
+// sessions, and a server-sent event stream that tells a browser's open
+// page when its session ends (WithEvents). The load test serves it too.
 package exampleapp
 
 import (
@@ -9,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"html/template"
 	"log"
 	"net/http"
 	"sort"
@@ -75,8 +77,20 @@ func NewSessionManager(store scs.Store, idle, lifetime time.Duration) *scs.Sessi
 //	/sessions  count the live sessions
 //	/devices   the sessions of the user logged in, and which is this one
 //	/logout-everywhere  end every other session of the user logged in
-func New(sm *scs.SessionManager) http.Handler {
+//	/events    server-sent events: the end of this session, as it
+//	           happens (WithEvents)
+//
+// A browser (a request that accepts text/html) gets / as a page whose
+// script follows /events and says "You were signed out: REASON" when the
+// session ends, without a reload.
+func New(sm *scs.SessionManager, opts ...Option) http.Handler {
 	a := &app{sm: sm}
+	for _, opt := range opts {
+		opt(a)
+	}
+	if src, ok := sm.Store.(eventSource); ok && a.eventsCtx != nil {
+		a.hub = startHub(a.eventsCtx, src)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/{$}", a.home)
 	mux.HandleFunc("/put", a.put)
@@ -87,27 +101,61 @@ func New(sm *scs.SessionManager) http.Handler {
 	mux.HandleFunc("GET /sessions", a.sessions)
 	mux.HandleFunc("GET /devices", a.devices)
 	mux.HandleFunc("POST /logout-everywhere", a.logoutEverywhere)
+	mux.HandleFunc("GET /events", a.events)
 	return sm.LoadAndSave(a.signedOut(mux))
 }
 
 type app struct {
-	sm *scs.SessionManager
+	sm        *scs.SessionManager
+	eventsCtx context.Context // WithEvents's, or nil
+	hub       *hub            // feeds /events; nil without WithEvents or a store with Events
 }
 
+// home shows what the session holds, or why it ended, and the routes: as
+// plain text, or to a browser as a page that follows /events (homePage).
 func (a *app) home(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	var b strings.Builder
 	if user := a.sm.GetString(ctx, keyUser); user != "" {
-		fmt.Fprintf(w, "logged in as %s\n", user)
+		fmt.Fprintf(&b, "logged in as %s\n", user)
 	} else {
-		fmt.Fprintln(w, "not logged in")
+		fmt.Fprintln(&b, "not logged in")
 	}
 	if e, ok := endingOf(ctx); ok {
-		fmt.Fprintln(w, signedOutLine(e))
+		fmt.Fprintln(&b, signedOutLine(e))
 	}
-	fmt.Fprintf(w, "message: %q\n\n", a.sm.GetString(ctx, keyMessage))
-	fmt.Fprintln(w, "routes: /put?m=MESSAGE /get /count /login?name=NAME /logout /sessions /devices, POST /logout-everywhere")
+	fmt.Fprintf(&b, "message: %q\n\n", a.sm.GetString(ctx, keyMessage))
+	fmt.Fprintln(&b, "routes: /put?m=MESSAGE /get /count /login?name=NAME /logout /sessions /devices /events, POST /logout-everywhere")
+	w.Header().Add("Vary", "Accept")
+	if !strings.Contains(r.Header.Get("Accept"), "text/html") {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprint(w, b.String())
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := homePage.Execute(w, b.String()); err != nil {
+		log.Printf("%s %s: %v", r.Method, r.URL.Path, err)
+	}
 }
+
+// homePage is / for a browser: the text of / and a script that follows
+// /events and, when the session ends, says why in #signed-out. A page
+// with no session gets 204 from /events, and its EventSource stops.
+var homePage = template.Must(template.New("home").Parse(`<!doctype html>
+<html lang="en">
+<meta charset="utf-8">
+<title>etcdstore example</title>
+<pre>{{.}}</pre>
+<p id="signed-out" role="status"></p>
+<script>
+var events = new EventSource("/events");
+events.addEventListener("ended", function (e) {
+  events.close();
+  document.getElementById("signed-out").textContent = "You were signed out: " + JSON.parse(e.data).reason;
+});
+</script>
+</html>
+`))
 
 // put stores the form value "m" (query or body) as the message, or, as in
 // SCS's README, a greeting when there is none.

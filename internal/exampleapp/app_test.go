@@ -88,7 +88,7 @@ func TestInstancesShareSessions(t *testing.T) {
 	ann.Want(b.url, "/login?name=ann", "logged in as ann\n")
 	ann.Want(a.url, "/count", "count: 1\n")
 	ann.Want(a.url, "/count", "count: 2\n")
-	ann.Want(a.url, "/", "logged in as ann\nmessage: \"Hello from a session!\"\n\nroutes: /put?m=MESSAGE /get /count /login?name=NAME /logout /sessions /devices, POST /logout-everywhere\n")
+	ann.Want(a.url, "/", "logged in as ann\nmessage: \"Hello from a session!\"\n\nroutes: /put?m=MESSAGE /get /count /login?name=NAME /logout /sessions /devices /events, POST /logout-everywhere\n")
 	// Another prefix is another set of sessions.
 	ann.Want(other.url, "/get", "\n")
 }

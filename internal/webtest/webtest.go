@@ -1,6 +1,8 @@
 // Package webtest is the browser of etcdstore's web tests: an HTTP client
 // with a cookie jar, as a user agent keeps its session cookie, sending
-// requests to any app server as a load balancer would.
+// requests to any app server as a load balancer would; and, for what
+// takes a real browser (a page's script), a headless Chromium driven
+// through WebDriver (Chrome).
 package webtest
 
 import (
@@ -82,4 +84,16 @@ func (b *Browser) Token(base string) string {
 		}
 	}
 	return ""
+}
+
+// SetToken puts the session cookie token in the browser's jar for base,
+// as a browser that still holds a cookie the app told it to drop
+// (another tab's copy, a restored backup).
+func (b *Browser) SetToken(base, token string) {
+	b.tb.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		b.tb.Fatal(err)
+	}
+	b.Client.Jar.SetCookies(u, []*http.Cookie{{Name: CookieName, Value: token, Path: "/"}})
 }
