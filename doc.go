@@ -160,6 +160,17 @@
 // are not checked. Ended tells a request whose session was ended why (see
 // limit.go and docs/design.md).
 //
+// # Session events
+//
+// Events delivers what happens to the store's sessions (created, changed
+// with WithChanges, ended with its reason, expired at its expiry) in
+// revision order, from a Position the consumer saves after each event:
+// every later event once, across the consumer's restarts, member failures
+// and leader changes, and an explicit EventResync when etcd compacted the
+// position away. It makes one watch per stream and no write; expiries are
+// confirmed by one read when they pass. See events.go and docs/design.md
+// for what is guaranteed and what is left.
+//
 // # The read cache
 //
 // With WithReadCache, Find and All answer from a copy of the prefix range
