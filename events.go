@@ -141,7 +141,11 @@ const eventRetry = 200 * time.Millisecond
 // writes in revision order, each expiry when it passes by the stream's
 // clock (time.Now, or the store's), within one read of etcd after it. It
 // makes one watch, and reads only to start, on a compaction, and to
-// confirm expiries: no write. The stream ends when ctx ends (the iterator
+// confirm expiries: no write. With WithReadCache, a stream that starts
+// without a position (or resyncs) while the cache is in sync takes the
+// sessions from the cache's copy and follows the cache's watch instead of
+// making its own, until that watch ends; it then watches for itself from
+// where it is. The stream ends when ctx ends (the iterator
 // then returns), when the consumer stops ranging, or on an error it cannot
 // outlive, which it yields last: ErrClientClosed, a refused permission or
 // login. It outlives member failures, leader changes and lost connections,
@@ -194,6 +198,9 @@ type eventStream struct {
 	// session was written since, ended or reported is dropped when it
 	// comes up.
 	expiries expiryHeap
+	// feed, when not nil, is the stream's share of the read cache's watch
+	// (WithReadCache), which it follows instead of a watch of its own.
+	feed *cacheFeed
 }
 
 // expiryEntry is a tracked session's expiry, as of its write at rev.
@@ -237,18 +244,36 @@ func (st *eventStream) setLive(token string, t *tracked) {
 // errStopped ends a stream whose consumer stopped ranging.
 var errStopped = errors.New("consumer stopped")
 
+// errFeedEnded says the read cache's watch, which the stream followed,
+// ended.
+var errFeedEnded = errors.New("the read cache's watch ended")
+
 // run delivers events until ctx ends, the consumer stops, or an error the
 // stream cannot outlive.
 func (st *eventStream) run(ctx context.Context) error {
 	if err := clientErr(st.s.client); err != nil {
 		return err
 	}
+	defer func() {
+		if st.feed != nil {
+			st.s.cache.leave(st.feed)
+		}
+	}()
 	if err := st.start(ctx); err != nil {
 		return st.outcome(err)
 	}
 	for ctx.Err() == nil {
 		if err := clientErr(st.s.client); err != nil {
 			return err
+		}
+		if st.feed != nil {
+			// Until the cache's watch ends; then a watch of the stream's
+			// own, from where it is.
+			if err := st.follow(ctx); !errors.Is(err, errFeedEnded) {
+				return st.outcome(err)
+			}
+			st.feed = nil
+			continue
 		}
 		err := st.watch(ctx)
 		if errors.Is(err, rpctypes.ErrCompacted) {
@@ -357,11 +382,42 @@ func expiredBy(expiry time.Time, token string, p Position) bool {
 }
 
 // resync tracks the sessions stored now and delivers them as one
-// EventResync: the stream starts there.
+// EventResync: the stream starts there. With the read cache in sync, it
+// takes them from the cache's copy, with no request, and follows the
+// cache's watch from there.
 func (st *eventStream) resync(ctx context.Context) error {
-	rev, err := st.loadAt(ctx, 0)
-	if err != nil {
-		return err
+	var rev int64
+	joined := false
+	if c := st.s.cache; c != nil {
+		if st.feed != nil {
+			c.leave(st.feed)
+		}
+		type stored struct {
+			token string
+			kv    storedKV
+		}
+		var copied []stored
+		// Copied out under the cache's lock, decoded after it.
+		st.feed, joined = c.join(st.s.calls.newCall(ctx), func(values map[string]storedKV, at int64) {
+			rev, copied = at, make([]stored, 0, len(values))
+			for token, kv := range values {
+				if !isTombstone(kv.value) {
+					copied = append(copied, stored{token, kv})
+				}
+			}
+		})
+		if joined {
+			st.live, st.expiries = make(map[string]*tracked, len(copied)), nil
+			for _, e := range copied {
+				st.setLive(e.token, st.trackValue(st.s.keys.key(e.token), e.kv.value, e.kv.mod))
+			}
+		}
+	}
+	if !joined {
+		var err error
+		if rev, err = st.loadAt(ctx, 0); err != nil {
+			return err
+		}
 	}
 	now := st.s.now()
 	st.pos = Position{Revision: rev, Expiry: now}
@@ -380,10 +436,16 @@ func (st *eventStream) resync(ctx context.Context) error {
 
 // track returns what the stream tracks of the stored session kv.
 func (st *eventStream) track(kv *mvccpb.KeyValue) *tracked {
-	t := &tracked{rev: kv.ModRevision}
-	t.expiry, _ = envelopeExpiry(kv.Value)
+	return st.trackValue(string(kv.Key), kv.Value, kv.ModRevision)
+}
+
+// trackValue returns what the stream tracks of a session stored at key
+// with value, written at revision mod.
+func (st *eventStream) trackValue(key string, stored []byte, mod int64) *tracked {
+	t := &tracked{rev: mod}
+	t.expiry, _ = envelopeExpiry(stored)
 	if st.s.index != nil {
-		if value, err := st.s.plain(string(kv.Key), kv.Value); err == nil {
+		if value, err := st.s.plain(key, stored); err == nil {
 			if _, _, data, err := decodeEnvelope(value); err == nil {
 				t.principal, _ = st.s.index.decode(data)
 			}
@@ -409,6 +471,7 @@ func (st *eventStream) watch(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	skip := st.pos.Skip
+	s.stats.eventWatches.Add(1)
 	ch := s.client.Watch(wctx, s.keys.prefix, clientv3.WithRange(s.keys.end), clientv3.WithRev(st.pos.Revision+1))
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -432,24 +495,64 @@ func (st *eventStream) watch(ctx context.Context) error {
 				return err
 			}
 			s.stats.eventLag.Store(max(0, resp.Header.Revision-st.pos.Revision))
-			for i, ev := range resp.Events {
-				if ev.Kv.ModRevision == st.pos.Revision+1 && skip > 0 {
-					skip--
-					continue
-				}
-				skip = 0
-				last := i == len(resp.Events)-1 || resp.Events[i+1].Kv.ModRevision != ev.Kv.ModRevision
-				if last {
-					st.pos.Revision, st.pos.Skip = ev.Kv.ModRevision, 0
-				} else {
-					st.pos.Revision, st.pos.Skip = ev.Kv.ModRevision-1, st.pos.Skip+1
-				}
-				if err := st.apply(ev); err != nil {
-					return err
-				}
+			if err := st.handle(resp.Events, &skip); err != nil {
+				return err
 			}
 		}
 	}
+}
+
+// follow follows the read cache's watch, through the stream's feed, and
+// delivers what it sees, and the expiries as they pass, until the feed
+// ends (errFeedEnded) or ctx does.
+func (st *eventStream) follow(ctx context.Context) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	skip := 0
+	for {
+		if err := st.expire(ctx); err != nil {
+			return err
+		}
+		timer.Reset(st.nextExpiry())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+		case events, ok := <-st.feed.ch:
+			if !ok {
+				return errFeedEnded
+			}
+			if err := st.handle(events, &skip); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// handle delivers what the writes events, one watch response's, did,
+// after the first *skip writes of the revision after the stream's
+// position, and moves the position past each.
+func (st *eventStream) handle(events []*clientv3.Event, skip *int) error {
+	for i, ev := range events {
+		if ev.Kv.ModRevision <= st.pos.Revision {
+			continue // before the stream's position: a feed's first response may hold them
+		}
+		if ev.Kv.ModRevision == st.pos.Revision+1 && *skip > 0 {
+			*skip--
+			continue
+		}
+		*skip = 0
+		last := i == len(events)-1 || events[i+1].Kv.ModRevision != ev.Kv.ModRevision
+		if last {
+			st.pos.Revision, st.pos.Skip = ev.Kv.ModRevision, 0
+		} else {
+			st.pos.Revision, st.pos.Skip = ev.Kv.ModRevision-1, st.pos.Skip+1
+		}
+		if err := st.apply(ev); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // nextExpiry is how long until the earliest expiry of a session the

@@ -74,7 +74,25 @@ func expect(t *testing.T, ch <-chan Event, kind EventKind, token string, reason 
 // for a session a commit extended.
 func TestEventsLifecycle(t *testing.T) {
 	t.Parallel()
-	s, _ := newStore(t, WithPrincipal("user"), WithSessionLimit(1, EndOldest))
+	for _, cached := range []bool{false, true} {
+		t.Run(fmt.Sprint("cache=", cached), func(t *testing.T) {
+			t.Parallel()
+			testEventsLifecycle(t, cached)
+		})
+	}
+}
+
+// testEventsLifecycle is TestEventsLifecycle, with the read cache on if
+// cached: the stream then follows the cache's watch and makes none of its
+// own.
+func testEventsLifecycle(t *testing.T, cached bool) {
+	opts := []Option{WithPrincipal("user"), WithSessionLimit(1, EndOldest)}
+	var s *EtcdStore
+	if cached {
+		s = cachedStore(t, etcdtest.Start(t).Client(t), opts...)
+	} else {
+		s, _ = newStore(t, opts...)
+	}
 	ctx := ctxFor(t)
 	if err := s.CommitCtx(ctx, "before", userData(t, "zoe", "x"), time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
@@ -126,6 +144,9 @@ func TestEventsLifecycle(t *testing.T) {
 	expect(t, ch, EventCreated, "f", 0)
 	if st := s.Stats(); st.EventsDelivered < 10 || st.EventResyncs != 1 {
 		t.Errorf("Stats: EventsDelivered %d, EventResyncs %d", st.EventsDelivered, st.EventResyncs)
+	}
+	if n := s.stats.eventWatches.Load(); cached != (n == 0) {
+		t.Errorf("the stream made %d watches of its own, with the read cache %v", n, cached)
 	}
 }
 
@@ -263,9 +284,24 @@ func TestEventsCompacted(t *testing.T) {
 // position, gets every write's event once, in the order made.
 func TestEventsThroughFailures(t *testing.T) {
 	t.Parallel()
+	for _, cached := range []bool{false, true} {
+		t.Run(fmt.Sprint("cache=", cached), func(t *testing.T) {
+			t.Parallel()
+			testEventsThroughFailures(t, cached)
+		})
+	}
+}
+
+// testEventsThroughFailures is TestEventsThroughFailures, with the read
+// cache on if cached: the stream follows the cache's watch until a
+// failure ends it, then watches for itself.
+func testEventsThroughFailures(t *testing.T, cached bool) {
 	cl := etcdtest.StartCluster(t, 3)
 	c := cl.Client(t)
 	s := NewWithPrefix(c, testPrefix(t))
+	if cached {
+		s = cachedStore(t, c)
+	}
 	ctx := ctxFor(t)
 	ch, stop := stream(t, s, Position{})
 	pos := next(t, ch).Position
@@ -323,4 +359,5 @@ func TestEventsThroughFailures(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("events differ from the writes:\ngot  %v\nwant %v", got, want)
 	}
+	t.Logf("watches of the streams' own: %d", s.stats.eventWatches.Load())
 }

@@ -157,6 +157,7 @@ type stats struct {
 	limitRefused, limitEnded             atomic.Int64
 	eventsDelivered, eventResyncs        atomic.Int64
 	eventLag                             atomic.Int64
+	eventWatches                         atomic.Int64 // watches the streams made of their own, for tests
 	codecErrors, decryptFailures         atomic.Int64
 	noSpace, tooLarge, auth, corrupt     atomic.Int64
 	canceled, timeout, other             atomic.Int64
