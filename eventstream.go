@@ -1,0 +1,489 @@
+package etcdstore
+
+import (
+	"cmp"
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// An event stream (Events): what it tracks, its watch or its share of the
+// read cache's, and its expiries.
+
+// tracked is what a stream knows of one stored session.
+type tracked struct {
+	rev       int64 // mod revision of the write the stream saw last
+	expiry    time.Time
+	principal string
+	reported  bool // expired, and delivered as such
+}
+
+// eventStream is one consumer's stream: the sessions it tracks, its
+// position, and the consumer.
+type eventStream struct {
+	s     *EtcdStore
+	opts  eventOptions
+	yield func(Event, error) bool
+	pos   Position
+	live  map[string]*tracked
+	// expiries orders the tracked sessions' expiries; an entry whose
+	// session was written since, ended or reported is dropped when it
+	// comes up.
+	expiries expiryHeap
+	// feed, when not nil, is the stream's share of the read cache's watch
+	// (WithReadCache), which it follows instead of a watch of its own.
+	feed *cacheFeed
+}
+
+// expiryEntry is a tracked session's expiry, as of its write at rev.
+type expiryEntry struct {
+	expiry time.Time
+	token  string
+	rev    int64
+}
+
+// expiryHeap is a min-heap of expiries, in (expiry, token) order.
+type expiryHeap []expiryEntry
+
+func (h expiryHeap) Len() int { return len(h) }
+func (h expiryHeap) Less(i, j int) bool {
+	return cmp.Or(h[i].expiry.Compare(h[j].expiry), cmp.Compare(h[i].token, h[j].token)) < 0
+}
+func (h expiryHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *expiryHeap) Push(x any)   { *h = append(*h, x.(expiryEntry)) }
+func (h *expiryHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+// current reports whether e is the expiry of a session the stream tracks
+// as written at e.rev and has not reported expired.
+func (st *eventStream) current(e expiryEntry) bool {
+	t := st.live[e.token]
+	return t != nil && !t.reported && t.rev == e.rev
+}
+
+// setLive tracks t as token's session.
+func (st *eventStream) setLive(token string, t *tracked) {
+	st.live[token] = t
+	if !t.expiry.IsZero() {
+		heap.Push(&st.expiries, expiryEntry{t.expiry, token, t.rev})
+	}
+}
+
+// errStopped ends a stream whose consumer stopped ranging.
+var errStopped = errors.New("consumer stopped")
+
+// errFeedEnded says the read cache's watch, which the stream followed,
+// ended.
+var errFeedEnded = errors.New("the read cache's watch ended")
+
+// run delivers events until ctx ends, the consumer stops, or an error the
+// stream cannot outlive.
+func (st *eventStream) run(ctx context.Context) error {
+	if err := clientErr(st.s.client); err != nil {
+		return err
+	}
+	defer func() {
+		if st.feed != nil {
+			st.s.cache.leave(st.feed)
+		}
+	}()
+	if err := st.start(ctx); err != nil {
+		return st.outcome(err)
+	}
+	for ctx.Err() == nil {
+		if err := clientErr(st.s.client); err != nil {
+			return err
+		}
+		if st.feed != nil {
+			// Until the cache's watch ends; then a watch of the stream's
+			// own, from where it is.
+			if err := st.follow(ctx); !errors.Is(err, errFeedEnded) {
+				return st.outcome(err)
+			}
+			st.feed = nil
+			continue
+		}
+		err := st.watch(ctx)
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			if err = st.resync(ctx); err == nil {
+				continue
+			}
+		}
+		if fatal(err) {
+			return st.outcome(err)
+		}
+		if sleep(ctx, eventRetry) != nil {
+			return nil
+		}
+	}
+	return nil
+}
+
+// outcome is the error run returns for err: none when the consumer
+// stopped or ctx ended.
+func (st *eventStream) outcome(err error) error {
+	if errors.Is(err, errStopped) || errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// fatal reports whether err ends a stream: the client closed, or etcd
+// refused the user. Other errors (no leader, a lost connection, a
+// deadline) are waited out.
+func fatal(err error) bool {
+	return errors.Is(err, errStopped) || errors.Is(err, ErrClientClosed) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed)
+}
+
+// sleep waits d or until ctx ends, and returns ctx's error if it did.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// start reads the sessions as of the stream's position: a zero position
+// or one compacted away starts with a resync.
+func (st *eventStream) start(ctx context.Context) error {
+	for {
+		var err error
+		if st.pos.Revision == 0 {
+			err = st.resync(ctx)
+		} else {
+			err = st.load(ctx, st.pos.Revision)
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				err = st.resync(ctx)
+			}
+		}
+		if err == nil || fatal(err) || ctx.Err() != nil {
+			return err
+		}
+		if err := sleep(ctx, eventRetry); err != nil {
+			return err
+		}
+	}
+}
+
+// loadAt reads the sessions stored at revision rev (0: now) and tracks
+// them, and returns the revision read at.
+func (st *eventStream) loadAt(ctx context.Context, rev int64) (int64, error) {
+	s := st.s
+	st.live, st.expiries = make(map[string]*tracked), nil
+	rev, err := s.keys.listAt(ctx, s.client, s.calls, s.calls.newCall(ctx), rev, func(_ call, kvs []*mvccpb.KeyValue) error {
+		for _, kv := range kvs {
+			if !isTombstone(kv.Value) {
+				st.setLive(s.keys.token(kv.Key), st.track(kv))
+			}
+		}
+		return nil
+	})
+	return rev, err
+}
+
+// load tracks the sessions stored at the stream's position, rev; those
+// whose expiry the position says was delivered are marked so.
+func (st *eventStream) load(ctx context.Context, rev int64) error {
+	if _, err := st.loadAt(ctx, rev); err != nil {
+		return err
+	}
+	for token, t := range st.live {
+		if !t.expiry.IsZero() && expiredBy(t.expiry, token, st.pos) {
+			t.reported = true
+		}
+	}
+	return nil
+}
+
+// expiredBy reports whether the expiry of token at expiry was delivered
+// before position p.
+func expiredBy(expiry time.Time, token string, p Position) bool {
+	if c := expiry.Compare(p.Expiry); c != 0 {
+		return c < 0
+	}
+	return token <= p.Token
+}
+
+// resync tracks the sessions stored now and delivers them as one
+// EventResync: the stream starts there. With the read cache in sync, it
+// takes them from the cache's copy, with no request, and follows the
+// cache's watch from there.
+func (st *eventStream) resync(ctx context.Context) error {
+	var rev int64
+	joined := false
+	if c := st.s.cache; c != nil {
+		if st.feed != nil {
+			c.leave(st.feed)
+		}
+		type stored struct {
+			token string
+			kv    storedKV
+		}
+		var copied []stored
+		// Copied out under the cache's lock, decoded after it.
+		st.feed, joined = c.join(st.s.calls.newCall(ctx), func(values map[string]storedKV, at int64) {
+			rev, copied = at, make([]stored, 0, len(values))
+			for token, kv := range values {
+				if !isTombstone(kv.value) {
+					copied = append(copied, stored{token, kv})
+				}
+			}
+		})
+		if joined {
+			st.live, st.expiries = make(map[string]*tracked, len(copied)), nil
+			for _, e := range copied {
+				st.setLive(e.token, st.trackValue(st.s.keys.key(e.token), e.kv.value, e.kv.mod))
+			}
+		}
+	}
+	if !joined {
+		var err error
+		if rev, err = st.loadAt(ctx, 0); err != nil {
+			return err
+		}
+	}
+	now := st.s.now()
+	st.pos = Position{Revision: rev, Expiry: now}
+	var live []Event
+	for token, t := range st.live {
+		if !t.expiry.IsZero() && !now.Before(t.expiry) {
+			t.reported = true // expired before the stream began
+			continue
+		}
+		live = append(live, Event{Kind: EventCreated, Token: token, Principal: t.principal, Expiry: t.expiry, Revision: t.rev})
+	}
+	slices.SortFunc(live, func(a, b Event) int { return cmp.Compare(a.Token, b.Token) })
+	st.s.stats.eventResyncs.Add(1)
+	return st.deliver(Event{Kind: EventResync, Revision: rev, Live: live})
+}
+
+// track returns what the stream tracks of the stored session kv.
+func (st *eventStream) track(kv *mvccpb.KeyValue) *tracked {
+	return st.trackValue(string(kv.Key), kv.Value, kv.ModRevision)
+}
+
+// trackValue returns what the stream tracks of a session stored at key
+// with value, written at revision mod.
+func (st *eventStream) trackValue(key string, stored []byte, mod int64) *tracked {
+	t := &tracked{rev: mod}
+	t.expiry, _ = envelopeExpiry(stored)
+	if st.s.index != nil {
+		if value, err := st.s.plain(key, stored); err == nil {
+			if _, _, data, err := decodeEnvelope(value); err == nil {
+				t.principal, _ = st.s.index.decode(data)
+			}
+		}
+	}
+	return t
+}
+
+// deliver hands ev, at the stream's position, to the consumer.
+func (st *eventStream) deliver(ev Event) error {
+	ev.Position = st.pos
+	st.s.stats.eventsDelivered.Add(1)
+	if !st.yield(ev, nil) {
+		return errStopped
+	}
+	return nil
+}
+
+// watch watches the range from the stream's position and delivers what it
+// sees, and the expiries as they pass, until the watch fails or ctx ends.
+func (st *eventStream) watch(ctx context.Context) error {
+	s := st.s
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	skip := st.pos.Skip
+	s.stats.eventWatches.Add(1)
+	ch := s.client.Watch(wctx, s.keys.prefix, clientv3.WithRange(s.keys.end), clientv3.WithRev(st.pos.Revision+1))
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		if err := st.expire(ctx); err != nil {
+			return err
+		}
+		timer.Reset(st.nextExpiry())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+		case resp, ok := <-ch:
+			if !ok {
+				return ctx.Err()
+			}
+			if resp.CompactRevision != 0 {
+				return fmt.Errorf("watch from revision %d: %w", st.pos.Revision+1, rpctypes.ErrCompacted)
+			}
+			if err := resp.Err(); err != nil {
+				return err
+			}
+			s.stats.eventLag.Store(max(0, resp.Header.Revision-st.pos.Revision))
+			if err := st.handle(resp.Events, &skip); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// follow follows the read cache's watch, through the stream's feed, and
+// delivers what it sees, and the expiries as they pass, until the feed
+// ends (errFeedEnded) or ctx does.
+func (st *eventStream) follow(ctx context.Context) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	skip := 0
+	for {
+		if err := st.expire(ctx); err != nil {
+			return err
+		}
+		timer.Reset(st.nextExpiry())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+		case events, ok := <-st.feed.ch:
+			if !ok {
+				return errFeedEnded
+			}
+			if err := st.handle(events, &skip); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// handle delivers what the writes events, one watch response's, did,
+// after the first *skip writes of the revision after the stream's
+// position, and moves the position past each.
+func (st *eventStream) handle(events []*clientv3.Event, skip *int) error {
+	for i, ev := range events {
+		if ev.Kv.ModRevision <= st.pos.Revision {
+			continue // before the stream's position: a feed's first response may hold them
+		}
+		if ev.Kv.ModRevision == st.pos.Revision+1 && *skip > 0 {
+			*skip--
+			continue
+		}
+		*skip = 0
+		last := i == len(events)-1 || events[i+1].Kv.ModRevision != ev.Kv.ModRevision
+		if last {
+			st.pos.Revision, st.pos.Skip = ev.Kv.ModRevision, 0
+		} else {
+			st.pos.Revision, st.pos.Skip = ev.Kv.ModRevision-1, st.pos.Skip+1
+		}
+		if err := st.apply(ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nextExpiry is how long until the earliest expiry of a session the
+// stream tracks and has not reported, at most a minute.
+func (st *eventStream) nextExpiry() time.Duration {
+	for len(st.expiries) > 0 && !st.current(st.expiries[0]) {
+		heap.Pop(&st.expiries)
+	}
+	if len(st.expiries) == 0 {
+		return time.Minute
+	}
+	return min(max(st.expiries[0].expiry.Sub(st.s.now()), 0), time.Minute)
+}
+
+// apply delivers what the write ev did to its session.
+func (st *eventStream) apply(ev *clientv3.Event) error {
+	token := st.s.keys.token(ev.Kv.Key)
+	t := st.live[token]
+	was := t != nil && !t.reported // a live session, as far as the stream knows
+	rev := ev.Kv.ModRevision
+	if ev.Type == clientv3.EventTypeDelete || isTombstone(ev.Kv.Value) {
+		delete(st.live, token)
+		if !was {
+			return nil
+		}
+		reason, at := EndUnknown, st.s.now() // a plain delete, by another client
+		if ev.Type != clientv3.EventTypeDelete {
+			reason, at = tombstoneReason(ev.Kv.Value)
+			if at.IsZero() {
+				at = st.s.now() // a tombstone of an earlier release
+			}
+		}
+		if !t.expiry.IsZero() && !at.Before(t.expiry) {
+			// Its expiry came first (a lease's end, or an end of an
+			// expired session), before the stream's clock confirmed it.
+			return st.deliver(Event{Kind: EventExpired, Token: token, Principal: t.principal, Expiry: t.expiry, Reason: EndExpired, At: t.expiry, Revision: rev})
+		}
+		return st.deliver(Event{Kind: EventEnded, Token: token, Principal: t.principal, Expiry: t.expiry, Reason: reason, At: at, Revision: rev})
+	}
+	n := st.track(ev.Kv)
+	st.setLive(token, n)
+	switch {
+	case !was:
+		return st.deliver(Event{Kind: EventCreated, Token: token, Principal: n.principal, Expiry: n.expiry, Revision: rev})
+	case st.opts.changes:
+		return st.deliver(Event{Kind: EventChanged, Token: token, Principal: n.principal, Expiry: n.expiry, Revision: rev})
+	}
+	return nil
+}
+
+// expire delivers the expiries that have passed, in expiry order, of the
+// sessions that no write touched since the one the stream saw: it reads
+// their keys first, up to 128 in one Txn.
+func (st *eventStream) expire(ctx context.Context) error {
+	now := st.s.now()
+	var dues []expiryEntry
+	for len(st.expiries) > 0 && !now.Before(st.expiries[0].expiry) {
+		if e := heap.Pop(&st.expiries).(expiryEntry); st.current(e) {
+			dues = append(dues, e)
+		}
+	}
+	for len(dues) > 0 {
+		batch := dues[:min(len(dues), maxTxnOps)]
+		dues = dues[len(batch):]
+		gets := make([]clientv3.Op, len(batch))
+		for i, d := range batch {
+			gets[i] = clientv3.OpGet(st.s.keys.key(d.token), clientv3.WithKeysOnly())
+		}
+		resp, err := retryValue(st.s.calls, st.s.calls.newCall(ctx), func(ctx context.Context) (*clientv3.TxnResponse, error) {
+			return st.s.client.Txn(ctx).Then(gets...).Commit()
+		})
+		if err != nil {
+			// Confirmed later: back on the heap.
+			for _, d := range slices.Concat(batch, dues) {
+				heap.Push(&st.expiries, d)
+			}
+			return err
+		}
+		for i, d := range batch {
+			if kvs := resp.Responses[i].GetResponseRange().GetKvs(); len(kvs) > 0 && kvs[0].ModRevision != d.rev {
+				continue // written since: the watch brings the write
+			}
+			t := st.live[d.token]
+			if t == nil || t.rev != d.rev || t.reported {
+				continue // the watch brought a write meanwhile
+			}
+			t.reported = true
+			st.pos.Expiry, st.pos.Token = d.expiry, d.token
+			if err := st.deliver(Event{Kind: EventExpired, Token: d.token, Principal: t.principal, Expiry: d.expiry, Reason: EndExpired, At: d.expiry, Revision: st.pos.Revision}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
