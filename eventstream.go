@@ -123,7 +123,7 @@ func (st *eventStream) run(ctx context.Context) error {
 		if fatal(err) {
 			return st.outcome(err)
 		}
-		if sleep(ctx, eventRetry) != nil {
+		if st.s.calls.clock.Sleep(ctx, eventRetry) != nil {
 			return nil
 		}
 	}
@@ -147,18 +147,6 @@ func fatal(err error) bool {
 		errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed)
 }
 
-// sleep waits d or until ctx ends, and returns ctx's error if it did.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // start reads the sessions as of the stream's position: a zero position
 // or one compacted away starts with a resync.
 func (st *eventStream) start(ctx context.Context) error {
@@ -175,7 +163,7 @@ func (st *eventStream) start(ctx context.Context) error {
 		if err == nil || fatal(err) || ctx.Err() != nil {
 			return err
 		}
-		if err := sleep(ctx, eventRetry); err != nil {
+		if err := st.s.calls.clock.Sleep(ctx, eventRetry); err != nil {
 			return err
 		}
 	}
@@ -312,42 +300,35 @@ func (st *eventStream) watch(ctx context.Context) error {
 	skip := st.pos.Skip
 	s.stats.eventWatches.Add(1)
 	ch := s.client.Watch(wctx, s.keys.prefix, clientv3.WithRange(s.keys.end), clientv3.WithRev(st.pos.Revision+1))
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		if err := st.expire(ctx); err != nil {
+	return drain(ctx, st, ch, ctx.Err, func(resp clientv3.WatchResponse) error {
+		if resp.CompactRevision != 0 {
+			return fmt.Errorf("watch from revision %d: %w", st.pos.Revision+1, rpctypes.ErrCompacted)
+		}
+		if err := resp.Err(); err != nil {
 			return err
 		}
-		timer.Reset(st.nextExpiry())
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-		case resp, ok := <-ch:
-			if !ok {
-				return ctx.Err()
-			}
-			if resp.CompactRevision != 0 {
-				return fmt.Errorf("watch from revision %d: %w", st.pos.Revision+1, rpctypes.ErrCompacted)
-			}
-			if err := resp.Err(); err != nil {
-				return err
-			}
-			s.stats.eventLag.Store(max(0, resp.Header.Revision-st.pos.Revision))
-			if err := st.handle(resp.Events, &skip); err != nil {
-				return err
-			}
-		}
-	}
+		s.stats.eventLag.Store(max(0, resp.Header.Revision-st.pos.Revision))
+		return st.handle(resp.Events, &skip)
+	})
 }
 
 // follow follows the read cache's watch, through the stream's feed, and
 // delivers what it sees, and the expiries as they pass, until the feed
 // ends (errFeedEnded) or ctx does.
 func (st *eventStream) follow(ctx context.Context) error {
+	skip := 0
+	ended := func() error { return errFeedEnded }
+	return drain(ctx, st, st.feed.ch, ended, func(events []*clientv3.Event) error {
+		return st.handle(events, &skip)
+	})
+}
+
+// drain hands what ch brings to on, and delivers st's expiries as they
+// pass, until on fails, ctx ends, or ch is closed: it then returns what
+// closed returns.
+func drain[T any](ctx context.Context, st *eventStream, ch <-chan T, closed func() error, on func(T) error) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	skip := 0
 	for {
 		if err := st.expire(ctx); err != nil {
 			return err
@@ -357,11 +338,11 @@ func (st *eventStream) follow(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
-		case events, ok := <-st.feed.ch:
+		case v, ok := <-ch:
 			if !ok {
-				return errFeedEnded
+				return closed()
 			}
-			if err := st.handle(events, &skip); err != nil {
+			if err := on(v); err != nil {
 				return err
 			}
 		}
