@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -246,7 +245,7 @@ func TestServeEvents(t *testing.T) {
 	base, stop := startApp(t, cfg)
 	a, b := webtest.New(t), webtest.New(t)
 	a.Want(base, "/login?name=ann", "logged in as ann\n")
-	stream := openStream(t, a, base)
+	stream := a.Events(base, 10*time.Second)
 	b.Want(base, "/login?name=ann", "logged in as ann\n")
 	var lines []string // the next event's, after the blank line that ends the retry's block
 	for len(lines) < 2 {
@@ -262,34 +261,12 @@ func TestServeEvents(t *testing.T) {
 		t.Errorf("A's /events after B's login: %q, want the event ended by the session limit", lines)
 	}
 
-	openStream(t, b, base) // open while the app stops
+	b.Events(base, 10*time.Second) // open while the app stops
 	start := time.Now()
 	stop()
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("the app took %v to stop with an /events stream open", took)
 	}
-}
-
-// openStream opens /events as browser b, reads its first line, and
-// returns the stream, closed when the test ends.
-func openStream(t *testing.T, b *webtest.Browser, base string) *bufio.Reader {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	t.Cleanup(cancel)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/events", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := b.Client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { resp.Body.Close() })
-	r := bufio.NewReader(resp.Body)
-	if line, err := r.ReadString('\n'); resp.StatusCode != http.StatusOK || err != nil || line != "retry: 1000\n" {
-		t.Fatalf("GET /events: %s, first line %q, %v", resp.Status, line, err)
-	}
-	return r
 }
 
 // -hash-tokens is on unless turned off; -password is empty unless given.

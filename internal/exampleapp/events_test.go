@@ -2,7 +2,6 @@ package exampleapp
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -35,8 +34,7 @@ func startEvents(t *testing.T, srv *etcdtest.Server, prefix string, idle time.Du
 
 // sseStream reads server-sent events from an /events response.
 type sseStream struct {
-	resp *http.Response
-	r    *bufio.Reader
+	r *bufio.Reader
 }
 
 // sseEvent is one server-sent event: its name and data.
@@ -50,25 +48,7 @@ type sseEvent struct {
 // answer is 200 with an event stream.
 func openEvents(t *testing.T, b *webtest.Browser, base string, d time.Duration) *sseStream {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/events", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := b.Client.Do(req)
-	if err != nil {
-		t.Fatalf("GET /events: %v", err)
-	}
-	t.Cleanup(func() { resp.Body.Close() })
-	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusOK || ct != "text/event-stream" {
-		t.Fatalf("GET /events: %s, Content-Type %q; want 200 text/event-stream", resp.Status, ct)
-	}
-	s := &sseStream{resp: resp, r: bufio.NewReader(resp.Body)}
-	if line, err := s.r.ReadString('\n'); err != nil || line != "retry: 1000\n" {
-		t.Fatalf("GET /events: first line %q, %v; want the retry delay", line, err)
-	}
-	return s
+	return &sseStream{r: b.Events(base, d)}
 }
 
 // next returns the next event: the fields up to a blank line, skipping

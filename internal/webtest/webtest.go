@@ -6,6 +6,8 @@
 package webtest
 
 import (
+	"bufio"
+	"context"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -96,4 +98,32 @@ func (b *Browser) SetToken(base, token string) {
 		b.tb.Fatal(err)
 	}
 	b.Client.Jar.SetCookies(u, []*http.Cookie{{Name: CookieName, Value: token, Path: "/"}})
+}
+
+// Events opens base's /events (server-sent events) as the browser, with a
+// deadline of d for the whole stream, and returns the stream once its
+// first line, the retry delay ("retry: 1000"), has come: the app has
+// subscribed by then. It fails the test unless the answer is 200 with an
+// event stream. The stream is closed when the test ends.
+func (b *Browser) Events(base string, d time.Duration) *bufio.Reader {
+	b.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	b.tb.Cleanup(cancel)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/events", nil)
+	if err != nil {
+		b.tb.Fatal(err)
+	}
+	resp, err := b.Client.Do(req)
+	if err != nil {
+		b.tb.Fatalf("GET /events: %v", err)
+	}
+	b.tb.Cleanup(func() { resp.Body.Close() })
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusOK || ct != "text/event-stream" {
+		b.tb.Fatalf("GET /events: %s, Content-Type %q; want 200 text/event-stream", resp.Status, ct)
+	}
+	r := bufio.NewReader(resp.Body)
+	if line, err := r.ReadString('\n'); err != nil || line != "retry: 1000\n" {
+		b.tb.Fatalf("GET /events: first line %q, %v; want the retry delay", line, err)
+	}
+	return r
 }
