@@ -279,9 +279,10 @@ func TestEventsCompacted(t *testing.T) {
 }
 
 // TestEventsThroughFailures: on a three-member cluster, one writer creates
-// and logs out sessions while the leader is killed, then restarted, and
-// the new leader stopped; the consumer, restarted twice from its saved
-// position, gets every write's event once, in the order made.
+// and logs out sessions while each member in turn is killed and restarted
+// (the one the watch is on among them, and the leader), then the leader
+// stopped; the consumer, restarted twice from its saved position, gets
+// every write's event once, in the order made.
 func TestEventsThroughFailures(t *testing.T) {
 	t.Parallel()
 	for _, cached := range []bool{false, true} {
@@ -324,16 +325,15 @@ func testEventsThroughFailures(t *testing.T, cached bool) {
 				}
 				writes <- "ended " + tok
 			}
+			// Each member is killed and restarted in turn, so the one the
+			// stream's watch is on dies, and so does the leader; at the end
+			// the leader hands over gracefully.
 			switch i {
-			case 30:
-				cl.Kill(cl.Leader())
-			case 60:
-				for m := range cl.Members {
-					if cl.Members[m].Etcd == nil {
-						cl.Restart(m)
-					}
-				}
-			case 90:
+			case 30, 60, 90:
+				cl.Kill(i/30 - 1)
+			case 45, 75, 105:
+				cl.Restart(i/30 - 1)
+			case 110:
 				cl.Stop(cl.Leader())
 			}
 		}
