@@ -52,10 +52,10 @@ func TestPlanLimit(t *testing.T) {
 
 // TestSessionLimitEndsOldest: with a limit of 2, a third login ends the
 // first; the ended session's request in flight does not bring it back;
-// the reason is readable; commits that keep their principal make no read.
+// the reason is readable.
 func TestSessionLimitEndsOldest(t *testing.T) {
 	t.Parallel()
-	stores, c := appServers(t, 2, WithPrincipal("user"), WithSessionLimit(2, EndOldest))
+	stores, _ := appServers(t, 2, WithPrincipal("user"), WithSessionLimit(2, EndOldest))
 	a, b := stores[0], stores[1]
 	ctx := ctxFor(t)
 	exp := time.Now().Add(time.Hour)
@@ -88,13 +88,34 @@ func TestSessionLimitEndsOldest(t *testing.T) {
 	if st := b.Stats(); st.LimitEnded != 1 {
 		t.Errorf("Stats.LimitEnded = %d, want 1", st.LimitEnded)
 	}
-	// A commit that keeps its principal reads nothing first.
-	before := etcdtest.Revision(t, c)
-	if err := b.CommitCtx(ctx, "third", userData(t, "ann", "third, later"), exp); err != nil {
+}
+
+// TestSessionLimitSkipsCommitsThatKeepTheUser: a commit whose session
+// keeps its principal is not checked, even when the principal is over its
+// limit (three sessions written by a store without one): none ends.
+func TestSessionLimitSkipsCommitsThatKeepTheUser(t *testing.T) {
+	t.Parallel()
+	srv := etcdtest.Start(t)
+	free := NewWithPrefix(srv.Client(t), testPrefix(t), WithPrincipal("user"))
+	limited := NewWithPrefix(srv.Client(t), testPrefix(t), WithPrincipal("user"), WithSessionLimit(2, EndOldest))
+	ctx := ctxFor(t)
+	exp := time.Now().Add(time.Hour)
+	for _, tok := range []string{"a", "b", "c"} {
+		if err := free.CommitCtx(ctx, tok, userData(t, "ann", tok), exp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, found, err := limited.FindCtx(ctx, "c"); err != nil || !found {
+		t.Fatalf("Find(c) = %v, %v", found, err)
+	}
+	if err := limited.CommitCtx(ctx, "c", userData(t, "ann", "c, later"), exp); err != nil {
 		t.Fatal(err)
 	}
-	if after := etcdtest.Revision(t, c); after != before+1 {
-		t.Errorf("a commit that keeps its principal moved the revision by %d, want 1", after-before)
+	if got, err := limited.FindByPrincipal(ctx, "ann"); err != nil || len(got) != 3 {
+		t.Fatalf("ann's sessions after a commit that kept the user: %d, %v; want all 3", len(got), err)
+	}
+	if st := limited.Stats(); st.LimitEnded != 0 {
+		t.Errorf("LimitEnded = %d, want 0", st.LimitEnded)
 	}
 }
 
@@ -228,7 +249,7 @@ func loginTrials(t *testing.T, c *clientv3.Client, stores []*EtcdStore, trials, 
 	refusedAll := 0
 	for trial := range trials {
 		user := fmt.Sprintf("u%d", trial)
-		from := etcdtest.Revision(t, c)
+		from := etcdtest.Head(t, c)
 		var wg sync.WaitGroup
 		start := make(chan struct{})
 		errs := make([]error, logins)
@@ -259,7 +280,7 @@ func loginTrials(t *testing.T, c *clientv3.Client, stores []*EtcdStore, trials, 
 			}
 		}
 		refusedAll += refused
-		to := etcdtest.Revision(t, c)
+		to := etcdtest.Head(t, c)
 		for rev := from; rev <= to; rev++ {
 			if live := liveOf(t, c, stores[0], user, rev); len(live) > n {
 				t.Fatalf("trial %d: at revision %d %s has %d live sessions, over the limit of %d: %v", trial, rev, user, len(live), n, live)
@@ -352,7 +373,7 @@ func TestSessionLimitRandomSchedules(t *testing.T) {
 			for _, s := range stores {
 				s.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
 			}
-			from := etcdtest.Revision(t, c)
+			from := etcdtest.Head(t, c)
 			var jumpedAt atomic.Int64 // the revision before the jump
 			var wg sync.WaitGroup
 			var done atomic.Int64
@@ -365,7 +386,7 @@ func TestSessionLimitRandomSchedules(t *testing.T) {
 					var mine []string
 					for i := range steps {
 						if done.Add(1) == workers*steps/2 {
-							jumpedAt.Store(etcdtest.Revision(t, c))
+							jumpedAt.Store(etcdtest.Head(t, c))
 							skew.Store(int64(2 * time.Minute))
 						}
 						ctx := ctxFor(t)
@@ -395,7 +416,7 @@ func TestSessionLimitRandomSchedules(t *testing.T) {
 				}()
 			}
 			wg.Wait()
-			to := etcdtest.Revision(t, c)
+			to := etcdtest.Head(t, c)
 			jump := jumpedAt.Load()
 			checked := 0
 			for rev := from; rev <= to; rev++ {

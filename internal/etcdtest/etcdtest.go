@@ -240,6 +240,15 @@ func Context(tb testing.TB, d time.Duration) context.Context {
 func Revision(tb testing.TB, c *clientv3.Client) int64 {
 	tb.Helper()
 	needOwnClient(tb, c, "Revision")
+	return Head(tb, c)
+}
+
+// Head returns the cluster's current revision, as c sees it, on any
+// server, shared or not: for reading the history up to now. On a shared
+// server other tests write too, so unlike Revision's, the difference of
+// two readings counts nothing.
+func Head(tb testing.TB, c *clientv3.Client) int64 {
+	tb.Helper()
 	resp, err := c.Get(Context(tb, 30*time.Second), "revision", clientv3.WithCountOnly())
 	if err != nil {
 		tb.Fatalf("etcdtest: read revision: %v", err)
