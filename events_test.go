@@ -361,3 +361,184 @@ func testEventsThroughFailures(t *testing.T, cached bool) {
 	}
 	t.Logf("watches of the streams' own: %d", s.stats.eventWatches.Load())
 }
+
+// TestEventsResumeMidRevision: a consumer that stops in the middle of a
+// revision (a login that ends another session: Position.Skip > 0) and
+// resumes gets the rest of the revision, and what the writes it had
+// handled did is tracked: the logout of the session it saw created comes.
+// Before the skipped writes were applied on resume, that logout was lost.
+func TestEventsResumeMidRevision(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t, WithPrincipal("user"), WithSessionLimit(1, EndOldest))
+	ctx := ctxFor(t)
+	exp := time.Now().Add(time.Hour)
+	if err := s.CommitCtx(ctx, "b", userData(t, "ann", "b"), exp); err != nil {
+		t.Fatal(err)
+	}
+	ch, stop := stream(t, s, Position{})
+	next(t, ch) // resync with b
+	// One Txn: put a, tombstone b (EndSessionLimit).
+	if err := s.CommitCtx(ctx, "a", userData(t, "ann", "a"), exp); err != nil {
+		t.Fatal(err)
+	}
+	ev := expect(t, ch, EventCreated, "a", 0)
+	t.Logf("position after 'created a': %+v", ev.Position)
+	stop()
+	ch, _ = stream(t, s, ev.Position)
+	expect(t, ch, EventEnded, "b", EndSessionLimit)
+	if err := s.DeleteCtx(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CommitCtx(ctx, "m", userData(t, "mo", "m"), exp); err != nil { // a marker
+		t.Fatal(err)
+	}
+	ev = next(t, ch)
+	if ev.Kind != EventEnded || ev.Token != "a" {
+		t.Fatalf("after the logout of a: %v %s, want ended a (the logout was lost)", ev.Kind, ev.Token)
+	}
+}
+
+// TestEventsExpiryWaitsForWrites: two expiries due at once when a
+// consumer resumes: s was logged out before its expiry, after the
+// position; t expired. No expiry is delivered before the watch brings the
+// write to s, so the position's expiry never passes it: a consumer that
+// stops after its first event and resumes still gets "ended s". Before,
+// "expired t" came first and the logout of s was lost.
+func TestEventsExpiryWaitsForWrites(t *testing.T) {
+	t.Parallel()
+	s, _ := newStore(t)
+	ctx := ctxFor(t)
+	now := time.Now()
+	es, et := now.Add(1500*time.Millisecond), now.Add(1600*time.Millisecond)
+	ch, stop := stream(t, s, Position{})
+	next(t, ch)
+	if err := s.CommitCtx(ctx, "s", []byte("s"), es); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CommitCtx(ctx, "t", []byte("t"), et); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, ch, EventCreated, "s", 0)
+	pos := expect(t, ch, EventCreated, "t", 0).Position
+	stop()
+	if err := s.DeleteCtx(ctx, "s"); err != nil { // a logout, before its expiry
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(et.Add(200 * time.Millisecond)))
+	var got []string
+	ch, stop = stream(t, s, pos)
+	ev := next(t, ch)
+	got = append(got, ev.Kind.String()+" "+ev.Token)
+	stop() // the consumer stops after its first event
+	ch, _ = stream(t, s, ev.Position)
+	if err := s.CommitCtx(ctx, "m", []byte("m"), now.Add(time.Hour)); err != nil { // a marker
+		t.Fatal(err)
+	}
+	for {
+		ev := next(t, ch)
+		got = append(got, ev.Kind.String()+" "+ev.Token)
+		if ev.Token == "m" {
+			break
+		}
+	}
+	t.Logf("events: %v", got)
+	for _, g := range got {
+		if g == "ended s" {
+			return
+		}
+	}
+	t.Fatalf("the logout of s was never delivered: %v", got)
+}
+
+// TestEventsLogoutSeenLate: a consumer that was away while a session was
+// logged out, its tombstone's lease ended (its revoke stood for by a
+// delete) and its expiry passed gets "ended" with the logout's reason, not
+// "expired": a key gone since the write the stream saw is a write to wait
+// for, not a confirmed expiry.
+func TestEventsLogoutSeenLate(t *testing.T) {
+	t.Parallel()
+	s, c := newStore(t)
+	ctx := ctxFor(t)
+	es := time.Now().Add(1500 * time.Millisecond)
+	ch, stop := stream(t, s, Position{})
+	next(t, ch)
+	if err := s.CommitCtx(ctx, "s", []byte("s"), es); err != nil {
+		t.Fatal(err)
+	}
+	pos := expect(t, ch, EventCreated, "s", 0).Position
+	stop()
+	if err := s.DeleteCtx(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Delete(ctx, s.keys.key("s")); err != nil { // the tombstone's lease ends
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(es.Add(200 * time.Millisecond)))
+	ch, _ = stream(t, s, pos)
+	ev := next(t, ch)
+	if ev.Kind != EventEnded || ev.Reason != EndLogout {
+		t.Fatalf("first event after resume: %v %s (%v), want ended s (logout)", ev.Kind, ev.Token, ev.Reason)
+	}
+}
+
+// TestEventsOutliveAnOutage: a stream outlives etcd being unreachable for
+// longer than the store's timeout, on a watch of its own and following the
+// read cache's: the read that confirms an expiry fails meanwhile, and the
+// expiry comes once etcd is back. Before, a stream following the cache
+// ended with that read's error.
+func TestEventsOutliveAnOutage(t *testing.T) {
+	t.Parallel()
+	for _, cached := range []bool{false, true} {
+		t.Run(fmt.Sprint("cache=", cached), func(t *testing.T) {
+			t.Parallel()
+			srv := etcdtest.Start(t, etcdtest.Own())
+			c := srv.Client(t)
+			var s *EtcdStore
+			if cached {
+				s = cachedStore(t, c, WithTimeout(time.Second))
+			} else {
+				s = NewWithPrefix(c, testPrefix(t), WithTimeout(time.Second))
+			}
+			ctx := ctxFor(t)
+			if err := s.CommitCtx(ctx, "x", []byte("x"), time.Now().Add(1500*time.Millisecond)); err != nil {
+				t.Fatal(err)
+			}
+			sctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			type item struct {
+				ev  Event
+				err error
+			}
+			ch := make(chan item, 100)
+			go func() {
+				defer close(ch)
+				for ev, err := range s.Events(sctx, Position{}) {
+					ch <- item{ev, err}
+				}
+			}()
+			if it := <-ch; it.err != nil || it.ev.Kind != EventResync {
+				t.Fatalf("first: %+v", it)
+			}
+			srv.Stop()
+			time.Sleep(4 * time.Second)
+			srv.Start()
+			for {
+				select {
+				case it, ok := <-ch:
+					if !ok {
+						t.Fatal("the stream ended")
+					}
+					if it.err != nil {
+						t.Fatalf("the stream ended with: %v", it.err)
+					}
+					t.Logf("event %v %s", it.ev.Kind, it.ev.Token)
+					if it.ev.Kind == EventExpired {
+						return
+					}
+				case <-time.After(30 * time.Second): // gRPC reconnects with a backoff of seconds
+					t.Fatal("no expiry")
+				}
+			}
+		})
+	}
+}

@@ -19,10 +19,12 @@ import (
 
 // tracked is what a stream knows of one stored session.
 type tracked struct {
+	token     string
 	rev       int64 // mod revision of the write the stream saw last
 	expiry    time.Time
 	principal string
 	reported  bool // expired, and delivered as such
+	at        int  // its index in the expiry heap, or -1
 }
 
 // eventStream is one consumer's stream: the sessions it tracks, its
@@ -33,51 +35,65 @@ type eventStream struct {
 	yield func(Event, error) bool
 	pos   Position
 	live  map[string]*tracked
-	// expiries orders the tracked sessions' expiries; an entry whose
-	// session was written since, ended or reported is dropped when it
-	// comes up.
+	// expiries orders the expiries of the tracked sessions not reported,
+	// one entry a session.
 	expiries expiryHeap
+	// waiting, if not nil, is a due session whose key a write changed
+	// after the one the stream saw: no expiry is delivered until the
+	// watch brings that write (the session's tracked state changes), so
+	// that the position's expiry never passes a write not yet delivered.
+	waiting *tracked
 	// feed, when not nil, is the stream's share of the read cache's watch
 	// (WithReadCache), which it follows instead of a watch of its own.
 	feed *cacheFeed
 }
 
-// expiryEntry is a tracked session's expiry, as of its write at rev.
-type expiryEntry struct {
-	expiry time.Time
-	token  string
-	rev    int64
-}
-
-// expiryHeap is a min-heap of expiries, in (expiry, token) order.
-type expiryHeap []expiryEntry
+// expiryHeap is a min-heap of tracked sessions, in (expiry, token) order.
+type expiryHeap []*tracked
 
 func (h expiryHeap) Len() int { return len(h) }
 func (h expiryHeap) Less(i, j int) bool {
 	return cmp.Or(h[i].expiry.Compare(h[j].expiry), cmp.Compare(h[i].token, h[j].token)) < 0
 }
-func (h expiryHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *expiryHeap) Push(x any)   { *h = append(*h, x.(expiryEntry)) }
+func (h expiryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].at, h[j].at = i, j
+}
+func (h *expiryHeap) Push(x any) {
+	t := x.(*tracked)
+	t.at = len(*h)
+	*h = append(*h, t)
+}
 func (h *expiryHeap) Pop() any {
 	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
+	t := old[len(old)-1]
+	*h, t.at = old[:len(old)-1], -1
+	return t
 }
 
-// current reports whether e is the expiry of a session the stream tracks
-// as written at e.rev and has not reported expired.
-func (st *eventStream) current(e expiryEntry) bool {
-	t := st.live[e.token]
-	return t != nil && !t.reported && t.rev == e.rev
-}
-
-// setLive tracks t as token's session.
-func (st *eventStream) setLive(token string, t *tracked) {
-	st.live[token] = t
-	if !t.expiry.IsZero() {
-		heap.Push(&st.expiries, expiryEntry{t.expiry, token, t.rev})
+// setLive tracks t as its token's session, in place of what the stream
+// tracked of it.
+func (st *eventStream) setLive(t *tracked) {
+	st.drop(t.token)
+	st.live[t.token] = t
+	if !t.expiry.IsZero() && !t.reported {
+		heap.Push(&st.expiries, t)
 	}
+}
+
+// drop stops tracking token's session.
+func (st *eventStream) drop(token string) {
+	if old := st.live[token]; old != nil {
+		if old.at >= 0 {
+			heap.Remove(&st.expiries, old.at)
+		}
+		delete(st.live, token)
+	}
+}
+
+// reset tracks nothing.
+func (st *eventStream) reset(size int) {
+	st.live, st.expiries, st.waiting = make(map[string]*tracked, size), nil, nil
 }
 
 // errStopped ends a stream whose consumer stopped ranging.
@@ -105,17 +121,20 @@ func (st *eventStream) run(ctx context.Context) error {
 		if err := clientErr(st.s.client); err != nil {
 			return err
 		}
+		var err error
 		if st.feed != nil {
-			// Until the cache's watch ends; then a watch of the stream's
-			// own, from where it is.
-			if err := st.follow(ctx); !errors.Is(err, errFeedEnded) {
-				return st.outcome(err)
-			}
+			// Until the cache's watch ends, or a read fails; then a watch
+			// of the stream's own, from where it is.
+			err = st.follow(ctx)
+			st.s.cache.leave(st.feed)
 			st.feed = nil
-			continue
+			if errors.Is(err, errFeedEnded) {
+				continue
+			}
+		} else {
+			err = st.watch(ctx)
 		}
-		err := st.watch(ctx)
-		if errors.Is(err, rpctypes.ErrCompacted) {
+		if restart(err) {
 			if err = st.resync(ctx); err == nil {
 				continue
 			}
@@ -147,18 +166,22 @@ func fatal(err error) bool {
 		errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrUserEmpty) || errors.Is(err, rpctypes.ErrAuthFailed)
 }
 
-// start reads the sessions as of the stream's position: a zero position
-// or one compacted away starts with a resync.
+// restart reports whether err says the stream's position is gone from
+// etcd's history: compacted away, or ahead of it (a cluster restored from
+// an older backup). The stream then resyncs.
+func restart(err error) bool {
+	return errors.Is(err, rpctypes.ErrCompacted) || errors.Is(err, rpctypes.ErrFutureRev)
+}
+
+// start reads the sessions as of the stream's position: a zero position,
+// or one gone from etcd's history, starts with a resync.
 func (st *eventStream) start(ctx context.Context) error {
 	for {
 		var err error
 		if st.pos.Revision == 0 {
 			err = st.resync(ctx)
-		} else {
-			err = st.load(ctx, st.pos.Revision)
-			if errors.Is(err, rpctypes.ErrCompacted) {
-				err = st.resync(ctx)
-			}
+		} else if err = st.load(ctx, st.pos.Revision); restart(err) {
+			err = st.resync(ctx)
 		}
 		if err == nil || fatal(err) || ctx.Err() != nil {
 			return err
@@ -173,16 +196,15 @@ func (st *eventStream) start(ctx context.Context) error {
 // them, and returns the revision read at.
 func (st *eventStream) loadAt(ctx context.Context, rev int64) (int64, error) {
 	s := st.s
-	st.live, st.expiries = make(map[string]*tracked), nil
-	rev, err := s.keys.listAt(ctx, s.client, s.calls, s.calls.newCall(ctx), rev, func(_ call, kvs []*mvccpb.KeyValue) error {
+	st.reset(0)
+	return s.keys.listAt(ctx, s.client, s.calls, s.calls.newCall(ctx), rev, func(_ call, kvs []*mvccpb.KeyValue) error {
 		for _, kv := range kvs {
 			if !isTombstone(kv.Value) {
-				st.setLive(s.keys.token(kv.Key), st.track(kv))
+				st.setLive(st.track(kv))
 			}
 		}
 		return nil
 	})
-	return rev, err
 }
 
 // load tracks the sessions stored at the stream's position, rev; those
@@ -191,12 +213,20 @@ func (st *eventStream) load(ctx context.Context, rev int64) error {
 	if _, err := st.loadAt(ctx, rev); err != nil {
 		return err
 	}
-	for token, t := range st.live {
-		if !t.expiry.IsZero() && expiredBy(t.expiry, token, st.pos) {
-			t.reported = true
+	for _, t := range st.live {
+		if !t.expiry.IsZero() && expiredBy(t.expiry, t.token, st.pos) {
+			st.markReported(t)
 		}
 	}
 	return nil
+}
+
+// markReported records t's expiry as delivered.
+func (st *eventStream) markReported(t *tracked) {
+	t.reported = true
+	if t.at >= 0 {
+		heap.Remove(&st.expiries, t.at)
+	}
 }
 
 // expiredBy reports whether the expiry of token at expiry was delivered
@@ -234,9 +264,9 @@ func (st *eventStream) resync(ctx context.Context) error {
 			}
 		})
 		if joined {
-			st.live, st.expiries = make(map[string]*tracked, len(copied)), nil
+			st.reset(len(copied))
 			for _, e := range copied {
-				st.setLive(e.token, st.trackValue(st.s.keys.key(e.token), e.kv.value, e.kv.mod))
+				st.setLive(st.trackValue(e.token, e.kv.value, e.kv.mod))
 			}
 		}
 	}
@@ -249,12 +279,12 @@ func (st *eventStream) resync(ctx context.Context) error {
 	now := st.s.now()
 	st.pos = Position{Revision: rev, Expiry: now}
 	var live []Event
-	for token, t := range st.live {
+	for _, t := range st.live {
 		if !t.expiry.IsZero() && !now.Before(t.expiry) {
-			t.reported = true // expired before the stream began
+			st.markReported(t) // expired before the stream began
 			continue
 		}
-		live = append(live, Event{Kind: EventCreated, Token: token, Principal: t.principal, Expiry: t.expiry, Revision: t.rev})
+		live = append(live, Event{Kind: EventCreated, Token: t.token, Principal: t.principal, Expiry: t.expiry, Revision: t.rev})
 	}
 	slices.SortFunc(live, func(a, b Event) int { return cmp.Compare(a.Token, b.Token) })
 	st.s.stats.eventResyncs.Add(1)
@@ -263,16 +293,16 @@ func (st *eventStream) resync(ctx context.Context) error {
 
 // track returns what the stream tracks of the stored session kv.
 func (st *eventStream) track(kv *mvccpb.KeyValue) *tracked {
-	return st.trackValue(string(kv.Key), kv.Value, kv.ModRevision)
+	return st.trackValue(st.s.keys.token(kv.Key), kv.Value, kv.ModRevision)
 }
 
-// trackValue returns what the stream tracks of a session stored at key
+// trackValue returns what the stream tracks of token's session stored
 // with value, written at revision mod.
-func (st *eventStream) trackValue(key string, stored []byte, mod int64) *tracked {
-	t := &tracked{rev: mod}
+func (st *eventStream) trackValue(token string, stored []byte, mod int64) *tracked {
+	t := &tracked{token: token, rev: mod, at: -1}
 	t.expiry, _ = envelopeExpiry(stored)
 	if st.s.index != nil {
-		if value, err := st.s.plain(key, stored); err == nil {
+		if value, err := st.s.plain(st.s.keys.key(token), stored); err == nil {
 			if _, _, data, err := decodeEnvelope(value); err == nil {
 				t.principal, _ = st.s.index.decode(data)
 			}
@@ -314,7 +344,7 @@ func (st *eventStream) watch(ctx context.Context) error {
 
 // follow follows the read cache's watch, through the stream's feed, and
 // delivers what it sees, and the expiries as they pass, until the feed
-// ends (errFeedEnded) or ctx does.
+// ends (errFeedEnded), a read fails, or ctx ends.
 func (st *eventStream) follow(ctx context.Context) error {
 	skip := 0
 	ended := func() error { return errFeedEnded }
@@ -349,9 +379,10 @@ func drain[T any](ctx context.Context, st *eventStream, ch <-chan T, closed func
 	}
 }
 
-// handle delivers what the writes events, one watch response's, did,
-// after the first *skip writes of the revision after the stream's
-// position, and moves the position past each.
+// handle delivers what the writes events, one watch response's, did, and
+// moves the position past each. The first *skip writes of the revision
+// after the position were delivered before the stream stopped: they are
+// applied again, to what the stream tracks, without being delivered.
 func (st *eventStream) handle(events []*clientv3.Event, skip *int) error {
 	for i, ev := range events {
 		if ev.Kv.ModRevision <= st.pos.Revision {
@@ -359,6 +390,9 @@ func (st *eventStream) handle(events []*clientv3.Event, skip *int) error {
 		}
 		if ev.Kv.ModRevision == st.pos.Revision+1 && *skip > 0 {
 			*skip--
+			if err := st.apply(ev, false); err != nil {
+				return err
+			}
 			continue
 		}
 		*skip = 0
@@ -368,7 +402,7 @@ func (st *eventStream) handle(events []*clientv3.Event, skip *int) error {
 		} else {
 			st.pos.Revision, st.pos.Skip = ev.Kv.ModRevision-1, st.pos.Skip+1
 		}
-		if err := st.apply(ev); err != nil {
+		if err := st.apply(ev, true); err != nil {
 			return err
 		}
 	}
@@ -376,25 +410,39 @@ func (st *eventStream) handle(events []*clientv3.Event, skip *int) error {
 }
 
 // nextExpiry is how long until the earliest expiry of a session the
-// stream tracks and has not reported, at most a minute.
+// stream tracks and has not reported, at most a minute; a minute while it
+// waits for a write to a due session.
 func (st *eventStream) nextExpiry() time.Duration {
-	for len(st.expiries) > 0 && !st.current(st.expiries[0]) {
-		heap.Pop(&st.expiries)
-	}
-	if len(st.expiries) == 0 {
+	if st.stillWaiting() || len(st.expiries) == 0 {
 		return time.Minute
 	}
 	return min(max(st.expiries[0].expiry.Sub(st.s.now()), 0), time.Minute)
 }
 
-// apply delivers what the write ev did to its session.
-func (st *eventStream) apply(ev *clientv3.Event) error {
+// stillWaiting reports whether the stream waits for a write to a due
+// session (see waiting) that the watch has not brought yet.
+func (st *eventStream) stillWaiting() bool {
+	if st.waiting != nil && st.live[st.waiting.token] != st.waiting {
+		st.waiting = nil // the write came: the session's state changed
+	}
+	return st.waiting != nil
+}
+
+// apply tells what the write ev did to its session, and, if announce,
+// delivers it.
+func (st *eventStream) apply(ev *clientv3.Event, announce bool) error {
+	deliver := func(e Event) error {
+		if !announce {
+			return nil
+		}
+		return st.deliver(e)
+	}
 	token := st.s.keys.token(ev.Kv.Key)
 	t := st.live[token]
 	was := t != nil && !t.reported // a live session, as far as the stream knows
 	rev := ev.Kv.ModRevision
 	if ev.Type == clientv3.EventTypeDelete || isTombstone(ev.Kv.Value) {
-		delete(st.live, token)
+		st.drop(token)
 		if !was {
 			return nil
 		}
@@ -408,60 +456,63 @@ func (st *eventStream) apply(ev *clientv3.Event) error {
 		if !t.expiry.IsZero() && !at.Before(t.expiry) {
 			// Its expiry came first (a lease's end, or an end of an
 			// expired session), before the stream's clock confirmed it.
-			return st.deliver(Event{Kind: EventExpired, Token: token, Principal: t.principal, Expiry: t.expiry, Reason: EndExpired, At: t.expiry, Revision: rev})
+			return deliver(Event{Kind: EventExpired, Token: token, Principal: t.principal, Expiry: t.expiry, Reason: EndExpired, At: t.expiry, Revision: rev})
 		}
-		return st.deliver(Event{Kind: EventEnded, Token: token, Principal: t.principal, Expiry: t.expiry, Reason: reason, At: at, Revision: rev})
+		return deliver(Event{Kind: EventEnded, Token: token, Principal: t.principal, Expiry: t.expiry, Reason: reason, At: at, Revision: rev})
 	}
 	n := st.track(ev.Kv)
-	st.setLive(token, n)
+	st.setLive(n)
 	switch {
 	case !was:
-		return st.deliver(Event{Kind: EventCreated, Token: token, Principal: n.principal, Expiry: n.expiry, Revision: rev})
+		return deliver(Event{Kind: EventCreated, Token: token, Principal: n.principal, Expiry: n.expiry, Revision: rev})
 	case st.opts.changes:
-		return st.deliver(Event{Kind: EventChanged, Token: token, Principal: n.principal, Expiry: n.expiry, Revision: rev})
+		return deliver(Event{Kind: EventChanged, Token: token, Principal: n.principal, Expiry: n.expiry, Revision: rev})
 	}
 	return nil
 }
 
 // expire delivers the expiries that have passed, in expiry order, of the
 // sessions that no write touched since the one the stream saw: it reads
-// their keys first, up to 128 in one Txn.
+// their keys first, up to 128 in one Txn. At the first due session whose
+// key was written since, or is gone, it stops and waits for the watch to
+// bring that write, which tells what became of the session.
 func (st *eventStream) expire(ctx context.Context) error {
+	if st.stillWaiting() {
+		return nil
+	}
 	now := st.s.now()
-	var dues []expiryEntry
+	var dues []*tracked
 	for len(st.expiries) > 0 && !now.Before(st.expiries[0].expiry) {
-		if e := heap.Pop(&st.expiries).(expiryEntry); st.current(e) {
-			dues = append(dues, e)
+		dues = append(dues, heap.Pop(&st.expiries).(*tracked))
+	}
+	putBack := func(ts []*tracked) {
+		for _, t := range ts {
+			heap.Push(&st.expiries, t)
 		}
 	}
-	for len(dues) > 0 {
-		batch := dues[:min(len(dues), maxTxnOps)]
-		dues = dues[len(batch):]
+	for start := 0; start < len(dues); start += maxTxnOps {
+		batch := dues[start:min(start+maxTxnOps, len(dues))]
 		gets := make([]clientv3.Op, len(batch))
-		for i, d := range batch {
-			gets[i] = clientv3.OpGet(st.s.keys.key(d.token), clientv3.WithKeysOnly())
+		for i, t := range batch {
+			gets[i] = clientv3.OpGet(st.s.keys.key(t.token), clientv3.WithKeysOnly())
 		}
 		resp, err := retryValue(st.s.calls, st.s.calls.newCall(ctx), func(ctx context.Context) (*clientv3.TxnResponse, error) {
 			return st.s.client.Txn(ctx).Then(gets...).Commit()
 		})
 		if err != nil {
-			// Confirmed later: back on the heap.
-			for _, d := range slices.Concat(batch, dues) {
-				heap.Push(&st.expiries, d)
-			}
+			putBack(dues[start:]) // confirmed later
 			return err
 		}
-		for i, d := range batch {
-			if kvs := resp.Responses[i].GetResponseRange().GetKvs(); len(kvs) > 0 && kvs[0].ModRevision != d.rev {
-				continue // written since: the watch brings the write
-			}
-			t := st.live[d.token]
-			if t == nil || t.rev != d.rev || t.reported {
-				continue // the watch brought a write meanwhile
+		for i, t := range batch {
+			if kvs := resp.Responses[i].GetResponseRange().GetKvs(); len(kvs) == 0 || kvs[0].ModRevision != t.rev {
+				st.waiting = t
+				putBack(dues[start+i:])
+				return nil
 			}
 			t.reported = true
-			st.pos.Expiry, st.pos.Token = d.expiry, d.token
-			if err := st.deliver(Event{Kind: EventExpired, Token: d.token, Principal: t.principal, Expiry: d.expiry, Reason: EndExpired, At: d.expiry, Revision: st.pos.Revision}); err != nil {
+			st.pos.Expiry, st.pos.Token = t.expiry, t.token
+			if err := st.deliver(Event{Kind: EventExpired, Token: t.token, Principal: t.principal, Expiry: t.expiry, Reason: EndExpired, At: t.expiry, Revision: st.pos.Revision}); err != nil {
+				putBack(dues[start+i+1:])
 				return err
 			}
 		}

@@ -126,6 +126,12 @@ type limitPlan struct {
 	live   int              // the principal's other live sessions
 	oldest []limitCandidate // to end with EndSessionLimit
 	gone   []limitCandidate // expired, to end with EndExpired
+	// guards are the principal's index entries that index none of its
+	// other sessions: stale ones, and the commit's own. A commit that
+	// gives its session the principal again rewrites such an entry, which
+	// keeps its create revision, so the login compares their mod
+	// revisions too.
+	guards []indexEntry
 }
 
 // planLimit decides a commit that gives its session a principal with
@@ -156,22 +162,25 @@ func planLimit(cands []limitCandidate, n int, policy LimitPolicy) limitPlan {
 
 // limitCandidates returns the sessions of w's principal that entries and
 // kvs, as principalSessions read them, show live or expired and naming
-// it, but w's own.
-func (s *EtcdStore) limitCandidates(w *pendingCommit, entries []indexEntry, kvs map[string]*mvccpb.KeyValue) ([]limitCandidate, error) {
+// it, but w's own, and the entries that index none of them (guards).
+func (s *EtcdStore) limitCandidates(w *pendingCommit, entries []indexEntry, kvs map[string]*mvccpb.KeyValue) ([]limitCandidate, []indexEntry, error) {
 	by := make(map[string]*limitCandidate)
 	var cands []*limitCandidate
+	var guards []indexEntry
 	for _, e := range entries {
 		if e.token == w.token {
+			guards = append(guards, e)
 			continue
 		}
 		c := by[e.token]
 		if c == nil {
 			_, names, live, err := s.storedPrincipal(kvs[e.token], w.principal)
 			if err != nil {
-				return nil, fmt.Errorf("%w (%s)", err, whichSession(kvs[e.token].ModRevision))
+				return nil, nil, fmt.Errorf("%w (%s)", err, whichSession(kvs[e.token].ModRevision))
 			}
 			if !names {
-				continue // a stale entry; DeleteByPrincipal removes it
+				guards = append(guards, e) // a stale entry; DeleteByPrincipal removes it
+				continue
 			}
 			c = &limitCandidate{token: e.token, created: e.created, live: live}
 			by[e.token] = c
@@ -184,7 +193,7 @@ func (s *EtcdStore) limitCandidates(w *pendingCommit, entries []indexEntry, kvs 
 	for i, c := range cands {
 		out[i] = *c
 	}
-	return out, nil
+	return out, guards, nil
 }
 
 // limitedResult is etcd's answer to one attempt of a limited commit, and
@@ -209,20 +218,30 @@ func (s *EtcdStore) commitLimited(c call, w *pendingCommit) (commitResult, error
 		if err != nil {
 			return commitResult{}, err
 		}
-		cands, err := s.limitCandidates(w, entries, kvs)
+		cands, guards, err := s.limitCandidates(w, entries, kvs)
 		if err != nil {
 			return commitResult{}, err
 		}
 		plan := planLimit(cands, n, s.limit.policy)
+		plan.guards = guards
 		if plan.refuse {
 			s.stats.limitRefused.Add(1)
 			return commitResult{}, fmt.Errorf("a new session would give the principal %d live sessions, over its limit of %d: %w", plan.live+1, n, ErrSessionLimit)
 		}
-		if len(plan.oldest)+len(plan.gone) > maxEndsPerTxn {
+		if len(plan.guards) > maxEndsPerTxn {
+			// Many stale entries: delete them first, each if it is still
+			// the one read, then read again.
+			if err := s.dropStale(c, plan.guards, w.token); err != nil {
+				return commitResult{}, err
+			}
+			continue
+		}
+		if len(plan.oldest)+len(plan.gone)+len(plan.guards) > maxEndsPerTxn {
 			// More to end than fits in one Txn with the commit (a limit
 			// lowered far, or many sessions expired at once): end the
 			// first of them alone, then read again.
-			first := slices.Concat(plan.oldest, plan.gone)[:maxEndsPerTxn]
+			ends := slices.Concat(plan.oldest, plan.gone)
+			first := ends[:min(len(ends), maxEndsPerTxn)]
 			if err := s.endAlone(c, first, len(plan.oldest)); err != nil {
 				return commitResult{}, err
 			}
@@ -271,6 +290,9 @@ func (s *EtcdStore) limitedOnce(ctx context.Context, w *pendingCommit, plan limi
 		for _, id := range s.index.sealer.indexIDs() {
 			from, _ := s.index.entries(id, w.principal)
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(from), "<", rev+1).WithPrefix())
+		}
+		for _, e := range plan.guards {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(e.key), "=", e.rev))
 		}
 		now := s.now()
 		for _, e := range plan.oldest {
@@ -326,6 +348,24 @@ func (s *EtcdStore) endAlone(c call, ends []limitCandidate, limit int) error {
 			return resp, nil
 		}
 		return resp, err
+	})
+	return err
+}
+
+// dropStale deletes the entries of guards but token's, each if its mod
+// revision is still the one read, in one Txn within c. A Txn that a
+// concurrent change failed deletes none; the caller reads again.
+func (s *EtcdStore) dropStale(c call, guards []indexEntry, token string) error {
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	for _, e := range guards[:min(len(guards), maxTxnOps-4)] {
+		if e.token != token {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(e.key), "=", e.rev))
+			ops = append(ops, clientv3.OpDelete(e.key))
+		}
+	}
+	_, err := retryValue(s.calls, c, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+		return s.client.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	})
 	return err
 }

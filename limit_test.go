@@ -441,3 +441,63 @@ func TestSessionLimitRandomSchedules(t *testing.T) {
 		})
 	}
 }
+
+// TestSessionLimitReusedEntry: a login that writes an index entry left
+// behind again (a Delete by a store that did not remember the session's
+// principal leaves it; the tombstone's lease ends before the entry's)
+// keeps the entry's create revision, which the range compare does not
+// see; a concurrent login's compare of that entry's mod revision does.
+// Before, both logins succeeded under a limit of 1.
+func TestSessionLimitReusedEntry(t *testing.T) {
+	t.Parallel()
+	opts := []Option{WithPrincipal("user"), WithSessionLimit(1, RefuseNew)}
+	sA, c := newStore(t, opts...)
+	prefix := sA.keys.prefix
+	sB := NewWithPrefix(c, prefix, opts...)
+	sC := NewWithPrefix(c, prefix, opts...)
+	ctx := ctxFor(t)
+	exp := time.Now().Add(time.Hour)
+	if err := sB.CommitCtx(ctx, "s", userData(t, "ann", "s"), exp); err != nil {
+		t.Fatal(err)
+	}
+	// Logged out on a server that does not remember s: tombstone, entry kept.
+	if err := sC.DeleteCtx(ctx, "s"); err != nil {
+		t.Fatal(err)
+	}
+	// The tombstone's lease ends (request bound) while the entry's lives.
+	if _, err := c.Delete(ctx, sA.keys.key("s")); err != nil {
+		t.Fatal(err)
+	}
+	// Login of a on A: the read and the plan.
+	data := userData(t, "ann", "a")
+	now := time.Now()
+	w := &pendingCommit{token: "a", key: sA.keys.key("a"), data: data, now: now, expiry: exp}
+	w.value = sA.seal(exp, w.key, data)
+	w.principal, w.hasPrincipal, w.digests = sA.index.of(tokenState{}, false, data)
+	entries, kvs, rev, err := sA.principalSessions(sA.calls.newCall(ctx), "ann")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cands, guards, err := sA.limitCandidates(w, entries, kvs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := planLimit(cands, 1, RefuseNew)
+	plan.guards = guards
+	// Meanwhile B commits s (a request in flight): a login, checked too.
+	if err := sB.CommitCtx(ctx, "s", userData(t, "ann", "s2"), exp); err != nil {
+		t.Fatal(err)
+	}
+	r, err := sA.limitedOnce(ctx, w, plan, rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := sA.FindByPrincipal(ctx, "ann")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("A's limited Txn succeeded=%v; ann's live sessions: %d", r.succeeded, len(live))
+	if len(live) > 1 {
+		t.Fatalf("ann has %d live sessions, over the limit of 1", len(live))
+	}
+}
