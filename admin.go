@@ -242,19 +242,11 @@ func (s *EtcdStore) entryOf(kv *mvccpb.KeyValue) string {
 	if s.index == nil || isTombstone(kv.Value) {
 		return ""
 	}
-	value, err := s.plain(string(kv.Key), kv.Value)
-	if err != nil {
+	st := s.stateOf(kv) // the principal, as a commit's conflict reads it
+	if st.principal == "" {
 		return ""
 	}
-	_, _, data, err := decodeEnvelope(value)
-	if err != nil {
-		return ""
-	}
-	p, has := s.index.decode(data)
-	if !has {
-		return ""
-	}
-	e, ok := s.index.entry(sealedBy(kv.Value), p, s.keys.token(kv.Key))
+	e, ok := s.index.entry(st.sealedBy, st.principal, s.keys.token(kv.Key))
 	if !ok {
 		return ""
 	}
