@@ -110,6 +110,7 @@ func seed(t *testing.T, s *etcdstore.EtcdStore, n int) []string {
 type browsers struct {
 	servers []string
 	sm      []*scs.SessionManager
+	clients []*http.Client
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	counts  []atomic.Int64 // requests each made since its count began
@@ -119,7 +120,7 @@ type browsers struct {
 
 func startBrowsers(t *testing.T, cl *cluster, n int, keys ...[]byte) *browsers {
 	t.Helper()
-	b := &browsers{stop: make(chan struct{}), counts: make([]atomic.Int64, n), resets: make([]atomic.Int64, n)}
+	b := &browsers{stop: make(chan struct{}), clients: make([]*http.Client, n), counts: make([]atomic.Int64, n), resets: make([]atomic.Int64, n)}
 	for range 2 {
 		sm := exampleapp.NewSessionManager(cl.store(keys...), 0, time.Hour)
 		srv := httptest.NewServer(exampleapp.New(sm))
@@ -129,6 +130,12 @@ func startBrowsers(t *testing.T, cl *cluster, n int, keys ...[]byte) *browsers {
 	for i := range n {
 		br := webtest.New(t)
 		br.MustGet(b.servers[0], fmt.Sprintf("/login?name=browser-%d", i))
+		b.clients[i] = br.Client
+		// The first count is made before the loop: a session ended before
+		// its browser's first count would look like one never ended.
+		if !b.count(i, 1) {
+			t.Fatalf("first count of browser %d failed", i)
+		}
 		b.wg.Go(func() {
 			for j := 0; ; j++ {
 				select {
@@ -136,25 +143,7 @@ func startBrowsers(t *testing.T, cl *cluster, n int, keys ...[]byte) *browsers {
 					return
 				default:
 				}
-				resp, err := br.Client.Get(b.servers[j%2] + "/count")
-				if err != nil {
-					b.errs.Add(1)
-					return
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				var got int64
-				if _, err := fmt.Sscanf(string(body), "count: %d", &got); err != nil || resp.StatusCode != http.StatusOK {
-					b.errs.Add(1)
-					return
-				}
-				if got == 1 && b.counts[i].Load() > 0 {
-					b.resets[i].Add(1)
-					b.counts[i].Store(0)
-				}
-				if want := b.counts[i].Add(1); got != want {
-					// A count that went back: a lost commit.
-					b.errs.Add(1)
+				if !b.count(i, j) {
 					return
 				}
 			}
@@ -163,10 +152,43 @@ func startBrowsers(t *testing.T, cl *cluster, n int, keys ...[]byte) *browsers {
 	return b
 }
 
+// count makes browser i's request on server j%2 and checks the count it
+// answers: one more than before, or 1 when its session ended (a reset).
+// It reports false, counted in errs, on an error or a lost commit.
+func (b *browsers) count(i, j int) bool {
+	resp, err := b.clients[i].Get(b.servers[j%2] + "/count")
+	if err != nil {
+		b.errs.Add(1)
+		return false
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var got int64
+	if _, err := fmt.Sscanf(string(body), "count: %d", &got); err != nil || resp.StatusCode != http.StatusOK {
+		b.errs.Add(1)
+		return false
+	}
+	if got == 1 && b.counts[i].Load() > 0 {
+		b.resets[i].Add(1)
+		b.counts[i].Store(0)
+	}
+	if want := b.counts[i].Add(1); got != want {
+		// A count that went back: a lost commit.
+		b.errs.Add(1)
+		return false
+	}
+	return true
+}
+
+// halt stops the browsers, and then has each make one more count, so that
+// a session ended after a browser's last request in the loop is seen too.
 func (b *browsers) halt(t *testing.T) {
 	t.Helper()
 	close(b.stop)
 	b.wg.Wait()
+	for i := range b.clients {
+		b.count(i, i)
+	}
 	if n := b.errs.Load(); n > 0 {
 		t.Errorf("%d browsers saw an error or a lost commit", n)
 	}
