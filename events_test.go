@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,12 +129,15 @@ func testEventsLifecycle(t *testing.T, cached bool) {
 	expect(t, ch, EventEnded, "c", EndLogoutEverywhere)
 
 	// Expiries: d expires; e is extended before it would.
-	soon := time.Now().Add(1500 * time.Millisecond)
+	soon := time.Now().Add(3 * time.Second)
 	commit("d", "dan", soon)
 	commit("e", "eve", soon)
 	expect(t, ch, EventCreated, "d", 0)
 	expect(t, ch, EventCreated, "e", 0)
 	commit("e", "eve", exp)
+	if !time.Now().Before(soon) {
+		t.Fatal("e was extended after its expiry")
+	}
 	ev := expect(t, ch, EventExpired, "d", EndExpired)
 	late := time.Since(ev.At)
 	t.Logf("expiry delivered %v after it", late)
@@ -174,6 +178,7 @@ func TestEventsChanges(t *testing.T) {
 func TestEventsResume(t *testing.T) {
 	t.Parallel()
 	s, _ := newStore(t, WithPrincipal("user"))
+	later := skewable(s)
 	ctx := ctxFor(t)
 	ch, stop := stream(t, s, Position{})
 	start := next(t, ch).Position
@@ -193,7 +198,7 @@ func TestEventsResume(t *testing.T) {
 	}
 	want = append(want, "ended a1", "ended a2", "ended a3")
 	for _, tok := range []string{"x1", "x2"} {
-		if err := s.CommitCtx(ctx, tok, userData(t, "xi", tok), now.Add(time.Second)); err != nil {
+		if err := s.CommitCtx(ctx, tok, userData(t, "xi", tok), now.Add(time.Minute)); err != nil {
 			t.Fatal(err)
 		}
 		want = append(want, "created "+tok)
@@ -205,7 +210,7 @@ func TestEventsResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = append(want, "created z", "ended z", "expired x1", "expired x2")
-	time.Sleep(time.Until(now.Add(time.Second)))
+	later(2 * time.Minute) // past x1's and x2's expiry, as no stream runs
 
 	// Stop after each event in turn, resume from its position.
 	for cut := range len(want) {
@@ -303,7 +308,6 @@ func testEventsThroughFailures(t *testing.T, cached bool) {
 	if cached {
 		s = cachedStore(t, c)
 	}
-	ctx := ctxFor(t)
 	ch, stop := stream(t, s, Position{})
 	pos := next(t, ch).Position
 	const ops = 120
@@ -313,6 +317,10 @@ func testEventsThroughFailures(t *testing.T, cached bool) {
 		defer close(writes)
 		for i := range ops {
 			tok := fmt.Sprint("t", i)
+			// Each write has its own 30 s: kills and restarts on a loaded
+			// machine add up to more than that for the whole run.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
 			if err := s.CommitCtx(ctx, tok, []byte("x"), time.Now().Add(time.Hour)); err != nil {
 				t.Errorf("commit %s: %v", tok, err)
 				return
@@ -407,9 +415,10 @@ func TestEventsResumeMidRevision(t *testing.T) {
 func TestEventsExpiryWaitsForWrites(t *testing.T) {
 	t.Parallel()
 	s, _ := newStore(t)
+	later := skewable(s)
 	ctx := ctxFor(t)
 	now := time.Now()
-	es, et := now.Add(1500*time.Millisecond), now.Add(1600*time.Millisecond)
+	es, et := now.Add(time.Minute), now.Add(time.Minute+100*time.Millisecond)
 	ch, stop := stream(t, s, Position{})
 	next(t, ch)
 	if err := s.CommitCtx(ctx, "s", []byte("s"), es); err != nil {
@@ -424,7 +433,7 @@ func TestEventsExpiryWaitsForWrites(t *testing.T) {
 	if err := s.DeleteCtx(ctx, "s"); err != nil { // a logout, before its expiry
 		t.Fatal(err)
 	}
-	time.Sleep(time.Until(et.Add(200 * time.Millisecond)))
+	later(2 * time.Minute) // past both expiries, as no stream runs
 	var got []string
 	ch, stop = stream(t, s, pos)
 	ev := next(t, ch)
@@ -458,8 +467,9 @@ func TestEventsExpiryWaitsForWrites(t *testing.T) {
 func TestEventsLogoutSeenLate(t *testing.T) {
 	t.Parallel()
 	s, c := newStore(t)
+	later := skewable(s)
 	ctx := ctxFor(t)
-	es := time.Now().Add(1500 * time.Millisecond)
+	es := time.Now().Add(time.Minute)
 	ch, stop := stream(t, s, Position{})
 	next(t, ch)
 	if err := s.CommitCtx(ctx, "s", []byte("s"), es); err != nil {
@@ -473,7 +483,7 @@ func TestEventsLogoutSeenLate(t *testing.T) {
 	if _, err := c.Delete(ctx, s.keys.key("s")); err != nil { // the tombstone's lease ends
 		t.Fatal(err)
 	}
-	time.Sleep(time.Until(es.Add(200 * time.Millisecond)))
+	later(2 * time.Minute) // past the expiry, as no stream runs
 	ch, _ = stream(t, s, pos)
 	ev := next(t, ch)
 	if ev.Kind != EventEnded || ev.Reason != EndLogout {
@@ -499,10 +509,6 @@ func TestEventsOutliveAnOutage(t *testing.T) {
 			} else {
 				s = NewWithPrefix(c, testPrefix(t), WithTimeout(time.Second))
 			}
-			ctx := ctxFor(t)
-			if err := s.CommitCtx(ctx, "x", []byte("x"), time.Now().Add(1500*time.Millisecond)); err != nil {
-				t.Fatal(err)
-			}
 			sctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			type item struct {
@@ -519,8 +525,22 @@ func TestEventsOutliveAnOutage(t *testing.T) {
 			if it := <-ch; it.err != nil || it.ev.Kind != EventResync {
 				t.Fatalf("first: %+v", it)
 			}
-			srv.Stop()
-			time.Sleep(4 * time.Second)
+			// x is committed once the stream runs, so that it tracks x
+			// whenever its resync came, and etcd stops once the stream saw
+			// it: x's expiry falls in the outage, which lasts beyond it
+			// longer than the store's timeout.
+			expiry := time.Now().Add(3 * time.Second)
+			if err := s.CommitCtx(ctxFor(t), "x", []byte("x"), expiry); err != nil {
+				t.Fatal(err)
+			}
+			if it := <-ch; it.err != nil || it.ev.Kind != EventCreated || it.ev.Token != "x" {
+				t.Fatalf("second: %+v", it)
+			}
+			if !time.Now().Before(expiry) {
+				t.Fatal("the stream saw x after its expiry")
+			}
+			srv.Stop() // it refuses new requests at once, and closes in seconds
+			time.Sleep(time.Until(expiry.Add(2500 * time.Millisecond)))
 			srv.Start()
 			for {
 				select {
@@ -541,4 +561,14 @@ func TestEventsOutliveAnOutage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// skewable sets s's clock to time.Now moved by an offset, and returns the
+// function that sets the offset: a test moves the store past an expiry
+// at once, rather than sleeping until it, which a loaded machine turns
+// into a race with the steps that must come before it.
+func skewable(s *EtcdStore) (later func(time.Duration)) {
+	var skew atomic.Int64
+	s.now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+	return func(d time.Duration) { skew.Store(int64(d)) }
 }

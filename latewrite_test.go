@@ -32,8 +32,9 @@ const (
 	// first attempt through B, which answers at once.
 	lateTries = 5 * lateTrials
 	// lateTimeout is the app server's WithTimeout: an attempt gets a
-	// third of it before the store tries again.
-	lateTimeout = 1500 * time.Millisecond
+	// fifth of it (600 ms) before the store tries again, and the retry
+	// through B as long again, time enough on a loaded machine.
+	lateTimeout = 3 * time.Second
 	// lateLanding bounds the wait for the held attempt to reach etcd
 	// after the heal; one whose stream the client canceled may never do.
 	lateLanding = time.Second

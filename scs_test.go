@@ -125,14 +125,14 @@ func TestSCSIdleTimeout(t *testing.T) {
 	c := srv.Client(t)
 	const prefix = "scs-idle:"
 	app := newAppServer(t, etcdstore.NewWithPrefix(c, prefix))
-	app.sm.IdleTimeout = 500 * time.Millisecond
+	app.sm.IdleTimeout = 2 * time.Second // /get must come within it, on a loaded machine too
 
 	b := webtest.New(t)
 	b.MustGet(app.url, "/put?m=secret")
 	if got := b.MustGet(app.url, "/get"); got != "secret\n" {
 		t.Fatalf("within the idle timeout: %q", got)
 	}
-	time.Sleep(600 * time.Millisecond)
+	time.Sleep(2100 * time.Millisecond)
 	if len(sessionKeys(t, c, prefix)) == 0 {
 		t.Log("etcd already removed the key")
 	}

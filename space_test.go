@@ -127,7 +127,8 @@ func soakDuration() time.Duration {
 // second half of the run it grows by less than a quarter of what the
 // commits of that half would add without compaction (at least their
 // data; without compaction the file grows by more than that, and the
-// quota is full within seconds: TestSpaceSoakWithoutCompaction). It still
+// quota is full within seconds: TestSpaceSoakWithoutCompaction), or of
+// the quota, whichever is more. It still
 // grows in steps: where the commit rate peaks, the history of a retention
 // period is larger, and bbolt's free pages come in sizes that a larger
 // write may not fit (one run grew 0.4 MB in its second half, another 17.7
@@ -146,8 +147,11 @@ func TestSpaceSoakWithCompaction(t *testing.T) {
 	grew := maxOf(r.sizes[half:]) - maxOf(r.sizes[:half])
 	uncompacted := (r.done[len(r.done)-1] - r.done[half]) * soakValue
 	t.Logf("second half: the file grew %.1f MB; its commits hold %.0f MB of data", mb(grew), mb(uncompacted))
-	if float64(grew) > 0.25*float64(uncompacted) {
-		t.Errorf("the database file grew by %.1f MB in the second half of the run, over a quarter of the %.0f MB its commits wrote", mb(grew), mb(uncompacted))
+	// A run slowed by other tests or the race detector writes less, but
+	// its file still grows in steps of megabytes (18 MB in one run's
+	// second minute): it may grow by a quarter of the quota.
+	if allowed := max(0.25*float64(uncompacted), soakQuota/4); float64(grew) > allowed {
+		t.Errorf("the database file grew by %.1f MB in the second half of the run, over the %.1f MB allowed: a quarter of the %.0f MB its commits wrote, or of the quota", mb(grew), mb(int64(allowed)), mb(uncompacted))
 	}
 }
 

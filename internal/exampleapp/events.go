@@ -48,7 +48,9 @@ const eventsRetry = 5 * time.Second
 // page's EventSource then connects again, and /events checks the session
 // anew. It is safe for concurrent use by multiple goroutines.
 type hub struct {
-	done <-chan struct{} // the consumer's context's: the streams end with it
+	done  <-chan struct{} // the consumer's context's: the streams end with it
+	ready chan struct{}   // closed once the consumer's first resync is published
+	once  sync.Once
 
 	mu sync.Mutex
 	// protects subs: the channels of the streams, by store token
@@ -58,7 +60,7 @@ type hub struct {
 // startHub returns a hub fed by one consumer of src's events, which runs
 // until ctx ends.
 func startHub(ctx context.Context, src eventSource) *hub {
-	h := &hub{done: ctx.Done(), subs: make(map[string]map[chan etcdstore.Event]struct{})}
+	h := &hub{done: ctx.Done(), ready: make(chan struct{}), subs: make(map[string]map[chan etcdstore.Event]struct{})}
 	go h.run(ctx, src)
 	return h
 }
@@ -76,6 +78,9 @@ func (h *hub) run(ctx context.Context, src eventSource) {
 				break
 			}
 			h.publish(ev)
+			if ev.Kind == etcdstore.EventResync {
+				h.once.Do(func() { close(h.ready) })
+			}
 			from = ev.Position
 		}
 		h.dropAll()
@@ -187,7 +192,9 @@ func (h *hub) subscribers() int {
 //
 // It subscribes before it checks, once, that the session has not ended
 // since SCS loaded it (the store's Ended: one read of etcd), so that an
-// end is told whether it came before or after the subscription.
+// end is told whether it came before or after the subscription. It waits
+// for the consumer's first resync before it subscribes: that resync may
+// have read the sessions before this one began, and would drop it.
 func (a *app) events(w http.ResponseWriter, r *http.Request) {
 	if a.hub == nil {
 		http.Error(w, "the session store streams no events", http.StatusNotImplemented)
@@ -203,6 +210,13 @@ func (a *app) events(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		token = etcdstore.StoreToken(a.sm, token)
+		select {
+		case <-a.hub.ready:
+		case <-ctx.Done():
+			return
+		case <-a.hub.done:
+			return
+		}
 		var unsubscribe func()
 		ch, unsubscribe = a.hub.subscribe(token)
 		defer unsubscribe()
