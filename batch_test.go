@@ -308,9 +308,10 @@ func TestQueuedCommitLeavesAtItsDeadline(t *testing.T) {
 	srv := etcdtest.Start(t, etcdtest.Own())
 	p := srv.Proxy(t)
 	u := p.URL()
-	s := NewWithPrefix(etcdtest.NewClient(t, clientv3.Config{Endpoints: []string{u.String()}}), testPrefix(t), WithTimeout(2*time.Second))
-	// The held requests keep their places throughout (TestStuckRequest
-	// HoldsNoPlace is the other case), so the queued commit is never sent.
+	// Each held attempt lasts 4 s: the held requests keep their places
+	// throughout (TestStuckRequestHoldsNoPlace is the other case), so the
+	// queued commit is never sent, however slowly the machine runs.
+	s := NewWithPrefix(etcdtest.NewClient(t, clientv3.Config{Endpoints: []string{u.String()}}), testPrefix(t), WithTimeout(20*time.Second))
 	s.batches.commits.stall = time.Hour
 	expiry := time.Now().Add(time.Hour)
 	if err := s.Commit("warm", []byte("x"), expiry); err != nil {

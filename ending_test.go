@@ -108,13 +108,13 @@ func TestLogoutEverywhereAfterExpiry(t *testing.T) {
 // the request bound (WithMaxRequestDuration), not until the session's
 // own expiry, so the slow request of an app server that forgot the token
 // cannot commit it again on the key's absence. On the previous code the
-// tombstone rode the session's lease, 2 s here.
+// tombstone rode the session's lease, 6 s here.
 func TestTombstoneLivesTheRequestBound(t *testing.T) {
 	t.Parallel()
 	const bound = 60 * time.Second
 	stores, c := appServers(t, 3, WithRememberedTokens(1), WithLeaseBucket(time.Second), WithMaxRequestDuration(bound))
 	a, b, other := stores[0], stores[1], stores[2]
-	if err := a.Commit("tok", []byte("v1"), time.Now().Add(time.Second)); err != nil {
+	if err := a.Commit("tok", []byte("v1"), time.Now().Add(5*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	if _, found, err := a.Find("tok"); !found || err != nil {

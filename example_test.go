@@ -210,10 +210,10 @@ func ExampleRunCompactor() {
 	client := newClient()
 	defer client.Close()
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	// In an app: context.Background() and 5*time.Minute, in a goroutine.
-	err := etcdstore.RunCompactor(ctx, client, 100*time.Millisecond, func(err error) { log.Print(err) })
+	err := etcdstore.RunCompactor(ctx, client, 200*time.Millisecond, func(err error) { log.Print(err) })
 	fmt.Println(err)
 
 	resp, err := client.Get(context.Background(), etcdstore.CompactorKey)
