@@ -313,21 +313,26 @@ func testEventsThroughFailures(t *testing.T, cached bool) {
 	const ops = 120
 	var want []string
 	writes := make(chan string, 2*ops)
+	// Each write has its own 30 s: kills and restarts on a loaded machine
+	// add up to more than that for the whole run.
+	within := func(do func(context.Context) error) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return do(ctx)
+	}
 	go func() {
 		defer close(writes)
 		for i := range ops {
 			tok := fmt.Sprint("t", i)
-			// Each write has its own 30 s: kills and restarts on a loaded
-			// machine add up to more than that for the whole run.
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := s.CommitCtx(ctx, tok, []byte("x"), time.Now().Add(time.Hour)); err != nil {
+			if err := within(func(ctx context.Context) error {
+				return s.CommitCtx(ctx, tok, []byte("x"), time.Now().Add(time.Hour))
+			}); err != nil {
 				t.Errorf("commit %s: %v", tok, err)
 				return
 			}
 			writes <- "created " + tok
 			if i%2 == 0 {
-				if err := s.DeleteCtx(ctx, tok); err != nil {
+				if err := within(func(ctx context.Context) error { return s.DeleteCtx(ctx, tok) }); err != nil {
 					t.Errorf("delete %s: %v", tok, err)
 					return
 				}
